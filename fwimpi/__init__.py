@@ -1,0 +1,3 @@
+"""fwimpi: MPI-parallel full-waveform inversion with spectral elements."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""YAML job specs validated at the edge into typed, frozen configs."""

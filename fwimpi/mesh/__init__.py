@@ -1,0 +1,1 @@
+"""Structured quad meshes with absorbing margins, models on GLL points, export."""

@@ -1,0 +1,1 @@
+"""Domain decomposition, PETSc vectors and halo exchange, rank-parallel HDF5."""

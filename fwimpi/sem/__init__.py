@@ -1,0 +1,1 @@
+"""Pure spectral-element numerics (numpy/numba only): no MPI, no files."""
