@@ -1,0 +1,1 @@
+"""Forward and adjoint drivers, gradients, mapping and smoothing."""

@@ -1,0 +1,722 @@
+"""The job-spec schema (DESIGN.md, `examples/mapping_tutorial.yaml`) as frozen dataclasses.
+
+`load_job_spec(path)` reads and validates a YAML job spec; `parse_job_spec(data, base_dir)`
+validates an already-loaded mapping. Every problem raises `ConfigError` with a one-line
+message that starts with the key path, e.g.
+``simulation_configuration.tensor_order: must be an integer in 1..10, got 0``.
+Lengths are in metres, times in seconds, frequencies in hertz.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from fwimpi.errors import ConfigError
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+RECEIVER_FIELDS = ("phi",)
+INVERSION_PARAMETERS = ("VP", "RHO")
+SCALINGS = ("absolute", "relative_deviation_from_prior", "logarithmic")
+MISFIT_FUNCTIONS = ("L2_energy_no_observed_data", "L2", "cross_correlation_time_shift")
+MAX_LINSPACE_POINTS = 1_000_000
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Box domain in metres: `x = (x0, x1)`, `y = (y0, y1)`; y is vertical, 0 at the top."""
+
+    dimension: int
+    x: tuple[float, float]
+    y: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Either expressions in x, y (`vp` in m/s, `rho` in kg/m^3) or a gridded `file`."""
+
+    vp: str | None
+    rho: str | None
+    file: Path | None
+
+
+@dataclass(frozen=True)
+class Source:
+    """Point source at (x, y) metres with amplitude `f`, times the wavelet."""
+
+    x: float
+    y: float
+    f: float
+    type: str = "ScalarPoint2D"
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """One receiver at (x, y) metres recording `fields`, named `station`."""
+
+    x: float
+    y: float
+    fields: tuple[str, ...]
+    station: str
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    sources: tuple[Source, ...]
+    receivers: tuple[Receiver, ...]
+
+
+@dataclass(frozen=True)
+class Ricker:
+    """Ricker wavelet; `time_shift_in_seconds` None means the default `1.2 / center_frequency`."""
+
+    center_frequency: float
+    time_shift_in_seconds: float | None = None
+
+    @property
+    def t0(self) -> float:
+        """The time shift actually used, seconds."""
+        if self.time_shift_in_seconds is None:
+            return 1.2 / self.center_frequency
+        return self.time_shift_in_seconds
+
+
+@dataclass(frozen=True)
+class AbsorbingBoundaries:
+    """Absorbing layer outside left, right and bottom of the domain."""
+
+    reference_velocity: float
+    number_of_wavelengths: float
+    reference_frequency: float
+
+    @property
+    def width_in_meters(self) -> float:
+        """Layer width: `number_of_wavelengths * reference_velocity / reference_frequency`."""
+        return self.number_of_wavelengths * self.reference_velocity / self.reference_frequency
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """SEM settings; `time_step_in_seconds` None means CFL-derived; `absorbing` None: closed box."""
+
+    name: str
+    elements_per_wavelength: float
+    tensor_order: int
+    max_frequency_in_hertz: float
+    end_time_in_seconds: float
+    time_step_in_seconds: float | None
+    wavelet: Ricker
+    absorbing: AbsorbingBoundaries | None
+
+
+@dataclass(frozen=True)
+class MisfitConfig:
+    name: str
+    observed_data: Path | None
+    misfit_function: str
+    receiver_field: str
+
+
+@dataclass(frozen=True)
+class Compression:
+    """Forward wavefield buffered every `forward_wavefield_sampling_interval` steps."""
+
+    forward_wavefield_sampling_interval: int = 1
+    memory_per_rank_in_mb: float = 1024.0
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    name: str
+    inversion_parameters: tuple[str, ...]
+    scaling: str = "absolute"
+    source_cutout_radius_in_meters: float | None = None
+    receiver_cutout_radius_in_meters: float | None = None
+    region_of_interest: str | None = None
+
+
+@dataclass(frozen=True)
+class SmoothingConfig:
+    """Per-parameter smoothing lengths (Gaussian sigma, metres) per axis (x, y)."""
+
+    apply_to: str
+    type: str
+    smoothing_lengths_in_meters: dict[str, tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job spec; `resolved` is its JSON-serialisable form with defaults filled
+    in and absolute paths (it parses back to an equal JobSpec)."""
+
+    name: str
+    ranks_per_job: int
+    site: str
+    domain: Domain
+    model: ModelSpec
+    events: tuple[Event, ...]
+    simulation: SimulationConfig
+    misfit: MisfitConfig | None
+    compression: Compression
+    mappings: tuple[MappingConfig, ...]
+    smoothing: SmoothingConfig | None
+    output: Path
+    base_dir: Path
+    resolved: dict = field(repr=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _Loader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that also reads `1e-3` and `2.0e3` as floats (YAML 1.2; PyYAML
+    would read them as strings) and rejects a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*|[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_job_spec(path: str | os.PathLike) -> JobSpec:
+    """Read, parse and validate the YAML job spec at `path`; relative paths in it are
+    resolved against its folder. Raises ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})"
+                          ) from None
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError(f"{path}: cannot read job spec: {reason}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = " ".join(str(err.problem).split())
+        if err.context:
+            what += f" ({' '.join(err.context.split())})"
+        raise ConfigError(f"{path}: {where}invalid YAML: {what}") from None
+    except yaml.reader.ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1
+        char = f"#x{err.character:04x}" if isinstance(err.character, int) else err.character
+        raise ConfigError(f"{path}: line {line}: invalid YAML: unacceptable character "
+                          f"{char}") from None
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as err:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values, "
+                          f"got {_show(data)}")
+    return parse_job_spec(data, base_dir=path.parent)
+
+
+def parse_job_spec(data: dict, base_dir: str | os.PathLike) -> JobSpec:
+    """Validate a loaded job spec into a JobSpec; relative paths resolve against `base_dir`."""
+    base_dir = Path(os.path.abspath(Path(base_dir).expanduser()))
+    if not isinstance(data, dict):
+        _fail("job spec", "the top level must be a mapping of keys to values", data)
+    d = _mapping(data, "", ("name", "ranks_per_job", "site", "domain", "model", "events",
+                            "simulation_configuration", "misfit_configuration",
+                            "wavefield_compression", "mappings", "smoothing", "output"),
+                 required=("name", "domain", "model", "events", "simulation_configuration"))
+    name = _name(d["name"], "name")
+    ranks = _opt(d, "", "ranks_per_job", 1,
+                 lambda v, p: _number(v, p, integer=True, lo=1, hi=100_000))
+    site = _opt(d, "", "site", "local", _name)
+    domain = _domain(d["domain"], "domain")
+    model = _model(d["model"], "model", base_dir)
+    events = _events(d["events"], "events", domain)
+    simulation = _simulation(d["simulation_configuration"], "simulation_configuration")
+    misfit = _opt(d, "", "misfit_configuration", None, lambda v, p: _misfit(v, p, base_dir))
+    compression = _opt(d, "", "wavefield_compression", Compression(), _compression)
+    mappings = _opt(d, "", "mappings", (), _mappings)
+    if mappings and misfit is None:
+        _fail("mappings", "need misfit_configuration (a gradient to map); add it or remove "
+                          "the mappings", d["mappings"])
+    smoothing = _opt(d, "", "smoothing", None, lambda v, p: _smoothing(v, p, mappings))
+    output = _opt(d, "", "output", _resolve_path(f"runs/{name}", base_dir),
+                  lambda v, p: _path(v, p, base_dir))
+    parts = dict(name=name, ranks_per_job=ranks, site=site, domain=domain, model=model,
+                 events=events, simulation=simulation, misfit=misfit, compression=compression,
+                 mappings=mappings, smoothing=smoothing, output=output, base_dir=base_dir)
+    return JobSpec(**parts, resolved=_resolved(**parts))
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def _domain(data, path) -> Domain:
+    d = _mapping(data, path, ("dimension", "x", "y"), required=("dimension", "x", "y"))
+    dim = _number(d["dimension"], f"{path}.dimension", integer=True)
+    if dim == 3:
+        _fail(f"{path}.dimension", "3D is not supported yet, must be 2", dim)
+    if dim != 2:
+        _fail(f"{path}.dimension", "must be 2", dim)
+    return Domain(2, _interval(d["x"], f"{path}.x"), _interval(d["y"], f"{path}.y"))
+
+
+def _interval(value, path) -> tuple[float, float]:
+    items = _list(value, path)
+    if len(items) != 2:
+        _fail(path, "must be [min, max] in metres", value)
+    lo, hi = (_number(v, f"{path}[{i}]") for i, v in enumerate(items))
+    if not lo < hi:
+        _fail(path, "must be [min, max] with min < max", value)
+    return lo, hi
+
+
+def _model(data, path, base_dir) -> ModelSpec:
+    d = _mapping(data, path, ("vp", "rho", "file"))
+    if d.get("file") is not None:
+        if d.get("vp") is not None or d.get("rho") is not None:
+            _fail(path, "give either vp and rho (expressions) or file, not both", sorted(d))
+        return ModelSpec(None, None, _path(d["file"], f"{path}.file", base_dir, must_exist=True))
+    for key in ("vp", "rho"):
+        if d.get(key) is None:
+            _fail(f"{path}.{key}", "missing: give vp and rho (expressions in x, y) or file")
+    return ModelSpec(_expression(d["vp"], f"{path}.vp"), _expression(d["rho"], f"{path}.rho"),
+                     None)
+
+
+def _events(data, path, domain) -> tuple[Event, ...]:
+    events = []
+    for i, item in enumerate(_list(data, path)):
+        event = _event(item, f"{path}[{i}]", domain)
+        if any(e.name == event.name for e in events):
+            _fail(f"{path}[{i}].event_name", "duplicate event name, names must be unique",
+                  event.name)
+        events.append(event)
+    return tuple(events)
+
+
+def _event(data, path, domain) -> Event:
+    d = _mapping(data, path, ("event_name", "sources", "receivers"),
+                 required=("event_name", "sources", "receivers"))
+    name = _name(d["event_name"], f"{path}.event_name")
+    sources = tuple(_source(s, f"{path}.sources[{i}]", domain)
+                    for i, s in enumerate(_list(d["sources"], f"{path}.sources")))
+    receivers = []
+    for i, item in enumerate(_list(d["receivers"], f"{path}.receivers")):
+        item_path = f"{path}.receivers[{i}]"
+        for receiver in _receiver_set(item, item_path, domain, first_index=len(receivers)):
+            if any(r.station == receiver.station for r in receivers):
+                _fail(item_path, f"duplicate station name {receiver.station!r} in event "
+                                 f"{name!r}, station names must be unique", item)
+            receivers.append(receiver)
+    return Event(name, sources, tuple(receivers))
+
+
+def _source(data, path, domain) -> Source:
+    d = _mapping(data, path, ("type", "x", "y", "f"), required=("x", "y", "f"))
+    _opt(d, path, "type", "ScalarPoint2D", lambda v, p: _choice(v, p, ("ScalarPoint2D",)))
+    x = _inside(_number(d["x"], f"{path}.x"), f"{path}.x", "x", domain.x)
+    y = _inside(_number(d["y"], f"{path}.y"), f"{path}.y", "y", domain.y)
+    return Source(x, y, _number(d["f"], f"{path}.f"))
+
+
+_RECEIVER_KEYS = {"ArrayPoint2D": ("type", "x", "y", "fields"),
+                  "Point2D": ("type", "x", "y", "fields", "station_code")}
+
+
+def _receiver_set(data, path, domain, first_index) -> list[Receiver]:
+    """One Receiver per point of a `Point2D` or `ArrayPoint2D` entry; x and y broadcast."""
+    if not isinstance(data, dict):
+        _fail(path, "must be a mapping", data)
+    kind = _choice(data.get("type"), f"{path}.type", tuple(_RECEIVER_KEYS))
+    d = _mapping(data, path, _RECEIVER_KEYS[kind], required=("type", "x", "y"))
+    fields = _opt(d, path, "fields", RECEIVER_FIELDS,
+                  lambda v, p: _subset(v, p, RECEIVER_FIELDS))
+    if kind == "Point2D":
+        x = _inside(_number(d["x"], f"{path}.x"), f"{path}.x", "x", domain.x)
+        y = _inside(_number(d["y"], f"{path}.y"), f"{path}.y", "y", domain.y)
+        station = _opt(d, path, "station_code", f"R{first_index:04d}", _name)
+        return [Receiver(x, y, fields, station)]
+    axes = {axis: _coordinates(d[axis], f"{path}.{axis}") for axis in ("x", "y")}
+    n = max(len(values) for values, _ in axes.values())
+    for axis, (values, _) in axes.items():
+        if len(values) not in (1, n):
+            _fail(f"{path}.{axis}", f"has {len(values)} values, must have 1 or {n} "
+                                    f"(the length of the other axis)", d[axis])
+    columns = []
+    for axis, (values, indexed) in axes.items():
+        column = []
+        for k in range(n):
+            j = k if len(values) > 1 else 0
+            point_path = f"{path}.{axis}[{j}]" if indexed else f"{path}.{axis}"
+            column.append(_inside(values[j], point_path, axis, getattr(domain, axis)))
+        columns.append(column)
+    return [Receiver(x, y, fields, f"R{first_index + k:04d}")
+            for k, (x, y) in enumerate(zip(*columns))]
+
+
+def _coordinates(value, path) -> tuple[list[float], bool]:
+    """A number, a list of numbers or `{linspace: [start, stop, num]}`; returns the values
+    and whether error paths should index them."""
+    if isinstance(value, dict):
+        d = _mapping(value, path, ("linspace",), required=("linspace",))
+        args = _list(d["linspace"], f"{path}.linspace")
+        if len(args) != 3:
+            _fail(f"{path}.linspace", "must be [start, stop, num]", args)
+        start = _number(args[0], f"{path}.linspace[0]")
+        stop = _number(args[1], f"{path}.linspace[1]")
+        num = _number(args[2], f"{path}.linspace[2]", integer=True, lo=1,
+                      hi=MAX_LINSPACE_POINTS)
+        return [float(v) for v in np.linspace(start, stop, num)], True
+    if isinstance(value, list):
+        return [_number(v, f"{path}[{i}]") for i, v in enumerate(_list(value, path))], True
+    if not _is_number(value):
+        _fail(path, "must be a number, a list of numbers or {linspace: [start, stop, num]}",
+              value)
+    return [_number(value, path)], False
+
+
+def _simulation(data, path) -> SimulationConfig:
+    d = _mapping(data, path, (
+        "name", "elements_per_wavelength", "tensor_order", "max_frequency_in_hertz",
+        "end_time_in_seconds", "time_step_in_seconds", "wavelet", "absorbing_boundaries"),
+        required=("elements_per_wavelength", "tensor_order", "max_frequency_in_hertz",
+                  "end_time_in_seconds", "wavelet"))
+    end_time = _number(d["end_time_in_seconds"], f"{path}.end_time_in_seconds", positive=True)
+    dt = _opt(d, path, "time_step_in_seconds", None, lambda v, p: _number(v, p, positive=True))
+    if dt is not None and dt > end_time:
+        _fail(f"{path}.time_step_in_seconds",
+              f"must not exceed end_time_in_seconds ({end_time})", dt)
+    return SimulationConfig(
+        name=_opt(d, path, "name", "simulation", _name),
+        elements_per_wavelength=_number(d["elements_per_wavelength"],
+                                        f"{path}.elements_per_wavelength", positive=True),
+        tensor_order=_number(d["tensor_order"], f"{path}.tensor_order", integer=True,
+                             lo=1, hi=10),
+        max_frequency_in_hertz=_number(d["max_frequency_in_hertz"],
+                                       f"{path}.max_frequency_in_hertz", positive=True),
+        end_time_in_seconds=end_time,
+        time_step_in_seconds=dt,
+        wavelet=_wavelet(d["wavelet"], f"{path}.wavelet"),
+        absorbing=_opt(d, path, "absorbing_boundaries", None, _absorbing))
+
+
+def _wavelet(data, path) -> Ricker:
+    d = _mapping(data, path, ("type", "center_frequency", "time_shift_in_seconds"),
+                 required=("type", "center_frequency"))
+    _choice(d["type"], f"{path}.type", ("Ricker",))
+    return Ricker(_number(d["center_frequency"], f"{path}.center_frequency", positive=True),
+                  _opt(d, path, "time_shift_in_seconds", None, _number))
+
+
+def _absorbing(data, path) -> AbsorbingBoundaries:
+    keys = ("reference_velocity", "number_of_wavelengths", "reference_frequency")
+    d = _mapping(data, path, keys, required=keys)
+    return AbsorbingBoundaries(
+        _number(d["reference_velocity"], f"{path}.reference_velocity", positive=True),
+        _number(d["number_of_wavelengths"], f"{path}.number_of_wavelengths", lo=0),
+        _number(d["reference_frequency"], f"{path}.reference_frequency", positive=True))
+
+
+def _misfit(data, path, base_dir) -> MisfitConfig:
+    d = _mapping(data, path, ("name", "observed_data", "misfit_function", "receiver_field"),
+                 required=("misfit_function",))
+    function = _choice(d["misfit_function"], f"{path}.misfit_function", MISFIT_FUNCTIONS)
+    observed = d.get("observed_data")
+    if function == "L2_energy_no_observed_data":
+        if observed is not None:
+            _fail(f"{path}.observed_data", f"must be null for misfit_function {function}",
+                  observed)
+    elif observed is None:
+        _fail(f"{path}.observed_data",
+              f"required for misfit_function {function} (a receivers file)", observed)
+    else:
+        observed = _path(observed, f"{path}.observed_data", base_dir, must_exist=True)
+    return MisfitConfig(
+        name=_opt(d, path, "name", "misfit", _name), observed_data=observed,
+        misfit_function=function,
+        receiver_field=_opt(d, path, "receiver_field", "phi",
+                            lambda v, p: _choice(v, p, RECEIVER_FIELDS)))
+
+
+def _compression(data, path) -> Compression:
+    d = _mapping(data, path, ("forward_wavefield_sampling_interval", "memory_per_rank_in_mb"))
+    return Compression(
+        _opt(d, path, "forward_wavefield_sampling_interval", 1,
+             lambda v, p: _number(v, p, integer=True, lo=1, hi=1_000_000)),
+        _opt(d, path, "memory_per_rank_in_mb", 1024.0, lambda v, p: _number(v, p, positive=True)))
+
+
+def _mappings(data, path) -> tuple[MappingConfig, ...]:
+    mappings = []
+    for i, item in enumerate(_list(data, path)):
+        mapping = _mapping_config(item, f"{path}[{i}]")
+        if any(m.name == mapping.name for m in mappings):
+            _fail(f"{path}[{i}].name", "duplicate mapping name, names must be unique",
+                  mapping.name)
+        mappings.append(mapping)
+    return tuple(mappings)
+
+
+def _mapping_config(data, path) -> MappingConfig:
+    d = _mapping(data, path, ("name", "inversion_parameters", "scaling",
+                              "source_cutout_radius_in_meters",
+                              "receiver_cutout_radius_in_meters", "region_of_interest"),
+                 required=("name", "inversion_parameters"))
+
+    def radius(key):
+        return _opt(d, path, key, None, lambda v, p: _number(v, p, lo=0))
+
+    return MappingConfig(
+        name=_name(d["name"], f"{path}.name"),
+        inversion_parameters=_subset(d["inversion_parameters"], f"{path}.inversion_parameters",
+                                     INVERSION_PARAMETERS),
+        scaling=_opt(d, path, "scaling", "absolute", lambda v, p: _choice(v, p, SCALINGS)),
+        source_cutout_radius_in_meters=radius("source_cutout_radius_in_meters"),
+        receiver_cutout_radius_in_meters=radius("receiver_cutout_radius_in_meters"),
+        region_of_interest=_opt(d, path, "region_of_interest", None, _string))
+
+
+def _smoothing(data, path, mappings) -> SmoothingConfig:
+    d = _mapping(data, path, ("apply_to", "type", "smoothing_lengths_in_meters"),
+                 required=("apply_to", "type", "smoothing_lengths_in_meters"))
+    names = tuple(m.name for m in mappings)
+    if not names:
+        _fail(f"{path}.apply_to", "must name a mapping, but the spec defines no mappings",
+              d["apply_to"])
+    apply_to = _choice(d["apply_to"], f"{path}.apply_to", names)
+    kind = _choice(d["type"], f"{path}.type", ("ConstantSmoothing",))
+    parameters = next(m.inversion_parameters for m in mappings if m.name == apply_to)
+    lengths_path = f"{path}.smoothing_lengths_in_meters"
+    raw = d["smoothing_lengths_in_meters"]
+    if not isinstance(raw, dict) or not raw:
+        _fail(lengths_path, "must be a non-empty mapping {PARAMETER: [sigma_x, sigma_y]}", raw)
+    lengths = {}
+    for key, value in raw.items():
+        key_path = f"{lengths_path}.{_key(key)}"
+        if not isinstance(key, str) or key not in parameters:
+            _fail(key_path, f"must be an inversion parameter of mapping {apply_to!r}: "
+                            f"{', '.join(parameters)}", key)
+        items = _list(value, key_path)
+        if len(items) != 2:
+            _fail(key_path, "must be [sigma_x, sigma_y] in metres", value)
+        lengths[key] = tuple(_number(v, f"{key_path}[{i}]", lo=0) for i, v in enumerate(items))
+    return SmoothingConfig(apply_to, kind, lengths)
+
+
+def _resolved(*, name, ranks_per_job, site, domain, model, events, simulation, misfit,
+              compression, mappings, smoothing, output, base_dir) -> dict:
+    """The spec in its own YAML vocabulary, defaults filled in, receivers expanded to
+    Point2D entries and paths absolute: JSON-serialisable and parseable again."""
+    sim, absorbing = simulation, simulation.absorbing
+    return {
+        "name": name, "ranks_per_job": ranks_per_job, "site": site,
+        "domain": {"dimension": domain.dimension, "x": list(domain.x), "y": list(domain.y)},
+        "model": ({"file": str(model.file)} if model.file is not None
+                  else {"vp": model.vp, "rho": model.rho}),
+        "events": [{
+            "event_name": e.name,
+            "sources": [{"type": s.type, "x": s.x, "y": s.y, "f": s.f} for s in e.sources],
+            "receivers": [{"type": "Point2D", "x": r.x, "y": r.y, "fields": list(r.fields),
+                           "station_code": r.station} for r in e.receivers],
+        } for e in events],
+        "simulation_configuration": {
+            "name": sim.name, "elements_per_wavelength": sim.elements_per_wavelength,
+            "tensor_order": sim.tensor_order, "max_frequency_in_hertz": sim.max_frequency_in_hertz,
+            "end_time_in_seconds": sim.end_time_in_seconds,
+            "time_step_in_seconds": sim.time_step_in_seconds,
+            "wavelet": {"type": "Ricker", "center_frequency": sim.wavelet.center_frequency,
+                        "time_shift_in_seconds": sim.wavelet.time_shift_in_seconds},
+            "absorbing_boundaries": None if absorbing is None else {
+                "reference_velocity": absorbing.reference_velocity,
+                "number_of_wavelengths": absorbing.number_of_wavelengths,
+                "reference_frequency": absorbing.reference_frequency},
+        },
+        "misfit_configuration": None if misfit is None else {
+            "name": misfit.name,
+            "observed_data": None if misfit.observed_data is None else str(misfit.observed_data),
+            "misfit_function": misfit.misfit_function, "receiver_field": misfit.receiver_field},
+        "wavefield_compression": {
+            "forward_wavefield_sampling_interval":
+                compression.forward_wavefield_sampling_interval,
+            "memory_per_rank_in_mb": compression.memory_per_rank_in_mb},
+        "mappings": [{
+            "name": m.name, "inversion_parameters": list(m.inversion_parameters),
+            "scaling": m.scaling,
+            "source_cutout_radius_in_meters": m.source_cutout_radius_in_meters,
+            "receiver_cutout_radius_in_meters": m.receiver_cutout_radius_in_meters,
+            "region_of_interest": m.region_of_interest} for m in mappings],
+        "smoothing": None if smoothing is None else {
+            "apply_to": smoothing.apply_to, "type": smoothing.type,
+            "smoothing_lengths_in_meters": {k: list(v) for k, v in
+                                            smoothing.smoothing_lengths_in_meters.items()}},
+        "output": str(output),
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fail(path: str, what: str, *value: Any):
+    """Raise ConfigError `<path>: <what>[, got <repr(value)>]`."""
+    got = f", got {_show(value[0])}" if value else ""
+    raise ConfigError(f"{path}: {what}{got}")
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A short, one-line repr for messages."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _key(key: Any) -> str:
+    """A mapping key as a path component: plain if it is a simple name, else its repr."""
+    if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", key):
+        return key
+    return _show(key, limit=40)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{_key(key)}" if path else _key(key)
+
+
+def _mapping(data, path, keys, required=()) -> dict:
+    """Check that `data` is a mapping whose keys are among `keys`, with all of `required`."""
+    if not isinstance(data, dict):
+        _fail(path or "job spec", "must be a mapping of keys to values", data)
+    for key in data:
+        if not isinstance(key, str) or key not in keys:
+            close = difflib.get_close_matches(key, keys, n=1) if isinstance(key, str) else []
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{_join(path, key)}: unknown key{hint}, allowed keys are "
+                              f"{', '.join(keys)}")
+    for key in required:
+        if key not in data:
+            raise ConfigError(f"{_join(path, key)}: missing required key")
+    return data
+
+
+def _opt(d: dict, path: str, key: str, default, parse):
+    """`parse(d[key], path.key)`, or `default` when the key is absent or null."""
+    value = d.get(key)
+    return default if value is None else parse(value, _join(path, key))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _number(value, path, *, integer=False, lo=None, hi=None, positive=False):
+    """A finite float (ints accepted) or, with `integer`, an int; bools are refused."""
+    kind = "an integer" if integer else "a finite number"
+    if positive:
+        kind += " > 0"
+    elif lo is not None and hi is not None:
+        kind += f" in {lo}..{hi}"
+    elif lo is not None:
+        kind += f" >= {lo}"
+    if not _is_number(value) or (integer and not isinstance(value, numbers.Integral)):
+        _fail(path, f"must be {kind}", value)
+    try:
+        number = int(value) if integer else float(value)
+    except OverflowError:
+        _fail(path, f"must be {kind}", value)
+    if (not integer and not math.isfinite(number)) or (positive and not number > 0) \
+            or (lo is not None and number < lo) or (hi is not None and number > hi):
+        _fail(path, f"must be {kind}", value)
+    return number
+
+
+def _string(value, path) -> str:
+    if not isinstance(value, str) or not value.strip():
+        _fail(path, "must be a non-empty string", value)
+    return value.strip()
+
+
+def _expression(value, path) -> str:
+    """An expression in x, y (string) or a constant (number, stored as its str)."""
+    if _is_number(value):
+        _number(value, path)  # finite
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        _fail(path, "must be a non-empty expression in x and y, or a number", value)
+    return value.strip()
+
+
+def _name(value, path) -> str:
+    """A name safe in file names and batch scripts."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        _fail(path, "must be 1-64 characters from A-Z a-z 0-9 _ . - starting with a letter "
+                    "or digit", value)
+    return value
+
+
+def _choice(value, path, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        _fail(path, f"must be one of {', '.join(choices)}", value)
+    return value
+
+
+def _list(value, path) -> list:
+    if not isinstance(value, list) or not value:
+        _fail(path, "must be a non-empty list", value)
+    return value
+
+
+def _subset(value, path, choices: tuple[str, ...]) -> tuple[str, ...]:
+    """A non-empty list of distinct entries of `choices`."""
+    items = _list(value, path)
+    for i, item in enumerate(items):
+        _choice(item, f"{path}[{i}]", choices)
+        if item in items[:i]:
+            _fail(f"{path}[{i}]", "duplicate entry, entries must be unique", item)
+    return tuple(items)
+
+
+def _resolve_path(value: str, base_dir: Path) -> Path:
+    return Path(os.path.abspath(base_dir / Path(value).expanduser()))
+
+
+def _path(value, path, base_dir, must_exist=False) -> Path:
+    """A path relative to `base_dir` (or absolute), made absolute."""
+    if not isinstance(value, str) or not value.strip() \
+            or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        _fail(path, "must be a non-empty path without control characters", value)
+    resolved = _resolve_path(value, base_dir)
+    if must_exist and not resolved.is_file():
+        _fail(path, f"no such file {resolved}", value)
+    return resolved
+
+
+def _inside(value: float, path, axis, bounds: tuple[float, float]) -> float:
+    """`value` clamped into `bounds`, allowing 1e-9 of the domain size; else ConfigError."""
+    lo, hi = bounds
+    tol = 1e-9 * (hi - lo)
+    if not lo - tol <= value <= hi + tol:
+        _fail(path, f"must lie inside the domain, {axis} in [{lo}, {hi}]", value)
+    return min(max(value, lo), hi)

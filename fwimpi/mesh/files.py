@@ -1,0 +1,414 @@
+"""Serial writers and readers of fwimpi's file contract (DESIGN.md, "Files").
+
+Mesh results: HDF5 with ``/mesh/points (P, 2)``, ``/mesh/cells (E, (N+1)**2)``,
+``/mesh/quads (E*N*N, 4)``, ``/mesh/mass (P,)`` and ``/fields/<NAME> (P,)``, plus an XDMF 3
+sidecar that ParaView opens. Receivers: one HDF5 file per event file, ``/<event>/<field>
+(R, S)``, ``/<event>/coordinates (R, 2)``, ``/<event>/stations (R,)``. Every writer is atomic:
+it writes ``.<name>.tmp<pid>`` beside the target and renames it only on success.
+
+Layout pieces (``mesh_layout``, ``encode_attrs``, ``xdmf_text``, ``temp_path``) are separate so
+the rank-parallel writers can create the same datasets collectively and write their slices.
+Spectral elements: local node ``a = i + (N+1)*j`` with ``i`` along x, ``j`` along y,
+elements counterclockwise. Units are SI (metres, seconds) throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+import h5py
+import meshio
+import numpy as np
+
+from fwimpi.errors import FwimpiError
+
+MESH_FORMAT = "fwimpi-mesh-1"
+RECEIVERS_FORMAT = "fwimpi-receivers-1"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_JSON_KEYS = "json_attrs"  # root attribute listing the attributes stored as JSON strings
+_MESH_RESERVED = ("format", "order", _JSON_KEYS)
+_RECEIVERS_RESERVED = ("format", _JSON_KEYS)
+_EVENT_RESERVED = ("coordinates", "stations")
+
+
+class FileFormatError(FwimpiError, ValueError):
+    """Data that does not fit the file contract (shape, name, attribute type, format tag)."""
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def temp_path(path: str | os.PathLike, pid: int | None = None) -> Path:
+    """The temporary name ``.<name>.tmp<pid>`` beside ``path`` (pass root's pid under MPI)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid() if pid is None else pid}")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, pid: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write; on success rename it to ``path``, else remove it.
+
+    Parent folders are created. The caller must have closed the file before the block ends.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path, pid)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as JSON (indent 2, sorted keys; numpy scalars/arrays and paths allowed)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- checks, attributes
+
+
+def check_name(kind: str, name: str) -> str:
+    """Return ``name`` if it is a valid event or field name, else raise FileFormatError."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise FileFormatError(
+            f"{kind} name {name!r}: must match {NAME_PATTERN.pattern} (letters, digits, _ . -)"
+        )
+    return name
+
+
+def _array(what: str, value, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``value`` as a C-contiguous array of ``dtype`` with exactly ``shape``."""
+    arr = np.ascontiguousarray(value, dtype=dtype)
+    if arr.shape != tuple(shape):
+        raise FileFormatError(f"{what}: expected shape {tuple(shape)}, got {arr.shape}")
+    return arr
+
+
+def order_from_cells(cells: np.ndarray) -> int:
+    """GLL order N of ``cells (E, (N+1)**2)``."""
+    k = np.shape(cells)[1] if np.ndim(cells) == 2 else 0
+    n = math.isqrt(k) - 1
+    if n < 1 or (n + 1) ** 2 != k:
+        raise FileFormatError(
+            "cells: expected shape (n_elements, (order+1)**2) with order >= 1, "
+            f"got {np.shape(cells)}"
+        )
+    return n
+
+
+def encode_attrs(attrs: Mapping, reserved: tuple[str, ...] = ()) -> dict:
+    """HDF5-ready root attributes: scalars as they are, dicts/lists/tuples as JSON strings."""
+    out, json_keys = {}, []
+    for key, value in attrs.items():
+        if not isinstance(key, str) or key in reserved:
+            raise FileFormatError(f"attribute {key!r}: reserved ({reserved}) or not a string")
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, (dict, list, tuple)):
+            value = json.dumps(value, sort_keys=True, default=_json_default)
+            json_keys.append(key)
+        elif not isinstance(value, (str, int, float, bool)):
+            raise FileFormatError(
+                f"attribute {key!r}: must be str, int, float, bool, dict or list, "
+                f"got {type(value).__name__}"
+            )
+        out[key] = value
+    if json_keys:
+        out[_JSON_KEYS] = json.dumps(sorted(json_keys))
+    return out
+
+
+def decode_attrs(h5attrs: Mapping) -> dict:
+    """Inverse of ``encode_attrs``: Python scalars, JSON attributes decoded."""
+    out = {}
+    for key, value in h5attrs.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value.decode() if isinstance(value, bytes) else value
+    for key in json.loads(out.pop(_JSON_KEYS, "[]")):
+        out[key] = json.loads(out[key])
+    return out
+
+
+def read_attrs(path: str | os.PathLike) -> dict:
+    """Decoded root attributes of any fwimpi HDF5 file (``format`` included)."""
+    with h5py.File(path, "r") as f:
+        return decode_attrs(f.attrs)
+
+
+def _check_format(path, attrs: Mapping, expected: str) -> None:
+    if attrs.get("format") != expected:
+        raise FileFormatError(f"{path}: format {attrs.get('format')!r}, expected {expected!r}")
+
+
+# --------------------------------------------------------------------------- mesh files
+
+
+def quads_from_cells(cells: np.ndarray, order: int) -> np.ndarray:
+    """Linear sub-quads ``(E*N*N, 4)`` int64 of spectral elements ``cells (E, (N+1)**2)``.
+
+    Counterclockwise corners (i,j), (i+1,j), (i+1,j+1), (i,j+1); element-major, then j, then i.
+    """
+    n1 = order + 1
+    i, j = np.meshgrid(np.arange(order), np.arange(order))  # j outer, i inner after ravel
+    base = (i + n1 * j).ravel()
+    local = base[:, None] + np.array([0, 1, n1 + 1, n1])
+    return np.asarray(cells, dtype=np.int64)[:, local].reshape(-1, 4)
+
+
+def mesh_layout(
+    n_points: int, n_elements: int, order: int, field_names
+) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Dataset path -> (shape, dtype) of a mesh file; every rank creates these alike."""
+    layout = {
+        "mesh/points": ((n_points, 2), "f8"),
+        "mesh/cells": ((n_elements, (order + 1) ** 2), "i8"),
+        "mesh/quads": ((n_elements * order * order, 4), "i8"),
+        "mesh/mass": ((n_points,), "f8"),
+    }
+    layout.update({f"fields/{check_name('field', n)}": ((n_points,), "f8") for n in field_names})
+    return layout
+
+
+def _check_mesh(points, cells, mass, fields: Mapping) -> tuple[dict[str, np.ndarray], int]:
+    """Validated arrays keyed by dataset path (see ``mesh_layout``) and the order."""
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise FileFormatError(f"points: expected shape (n_points, 2), got {points.shape}")
+    order = order_from_cells(cells)
+    if "mass" in fields:
+        raise FileFormatError("field name 'mass': reserved for /mesh/mass, rename the field")
+    layout = mesh_layout(len(points), len(cells), order, fields)
+    given = {"mesh/points": points, "mesh/cells": cells, "mesh/mass": mass}
+    given.update({f"fields/{k}": v for k, v in fields.items()})
+    data = {k: _array(f"/{k}", given[k], *layout[k]) for k in given}
+    c = data["mesh/cells"]
+    if c.size and (c.min() < 0 or c.max() >= len(points)):
+        raise FileFormatError(
+            f"/mesh/cells: indices must lie in [0, {len(points)}), got {c.min()}..{c.max()}"
+        )
+    data["mesh/quads"] = quads_from_cells(c, order)
+    return data, order
+
+
+def xdmf_text(h5_name: str, n_points: int, n_quads: int, field_names) -> str:
+    """XDMF 3 sidecar for a mesh file named ``h5_name`` (relative, so the pair can move)."""
+
+    def item(dataset: str, dims: str, number_type: str) -> str:
+        return (
+            f'<DataItem Dimensions="{dims}" NumberType="{number_type}" Precision="8" '
+            f'Format="HDF">{escape(h5_name)}:{dataset}</DataItem>'
+        )
+
+    attributes = [("mass", "/mesh/mass")] + [(n, f"/fields/{n}") for n in field_names]
+    lines = [
+        '<?xml version="1.0" ?>',
+        '<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>',
+        '<Xdmf Version="3.0" xmlns:xi="http://www.w3.org/2001/XInclude">',
+        "  <Domain>",
+        '    <Grid Name="mesh" GridType="Uniform">',
+        f'      <Topology TopologyType="Quadrilateral" NumberOfElements="{n_quads}">',
+        f"        {item('/mesh/quads', f'{n_quads} 4', 'Int')}",
+        "      </Topology>",
+        '      <Geometry GeometryType="XY">',
+        f"        {item('/mesh/points', f'{n_points} 2', 'Float')}",
+        "      </Geometry>",
+    ]
+    for name, dataset in attributes:
+        lines += [
+            f'      <Attribute Name={quoteattr(name)} AttributeType="Scalar" Center="Node">',
+            f"        {item(dataset, str(n_points), 'Float')}",
+            "      </Attribute>",
+        ]
+    lines += ["    </Grid>", "  </Domain>", "</Xdmf>", ""]
+    return "\n".join(lines)
+
+
+def write_mesh_h5(
+    path: str | os.PathLike,
+    points: np.ndarray,
+    cells: np.ndarray,
+    mass: np.ndarray,
+    fields: Mapping[str, np.ndarray],
+    attrs: Mapping,
+) -> None:
+    """Write a mesh file and its ``.xdmf`` sidecar, both atomically.
+
+    points (P, 2) m, cells (E, (N+1)**2) int, mass (P,) quadrature weights (m^2),
+    fields name -> (P,). ``attrs`` become root attributes (dicts/lists as JSON strings),
+    plus ``order`` and ``format = "fwimpi-mesh-1"``.
+    """
+    path = Path(path)
+    data, order = _check_mesh(points, cells, mass, fields)
+    root = encode_attrs(attrs, _MESH_RESERVED) | {"order": order, "format": MESH_FORMAT}
+    text = xdmf_text(path.name, len(data["mesh/points"]), len(data["mesh/quads"]), fields)
+    with atomic_path(path) as tmp_h5, atomic_path(path.with_suffix(".xdmf")) as tmp_xdmf:
+        with h5py.File(tmp_h5, "w") as f:
+            f.attrs.update(root)
+            f.create_group("fields")
+            for name, arr in data.items():
+                f.create_dataset(name, data=arr)
+        tmp_xdmf.write_text(text, encoding="utf-8")
+
+
+@dataclass(frozen=True, eq=False)
+class MeshFile:
+    """Contents of a mesh file: points (P, 2), cells (E, (N+1)**2), mass (P,), fields name ->
+    (P,), attrs (the writer's ``attrs``, JSON decoded; ``format``/``order`` left out), order N."""
+
+    points: np.ndarray
+    cells: np.ndarray
+    mass: np.ndarray
+    fields: dict[str, np.ndarray]
+    attrs: dict
+    order: int
+
+
+def read_mesh_h5(path: str | os.PathLike) -> MeshFile:
+    """Read a file written by ``write_mesh_h5`` (format tag checked)."""
+    with h5py.File(path, "r") as f:
+        attrs = decode_attrs(f.attrs)
+        _check_format(path, attrs, MESH_FORMAT)
+        order = attrs.pop("order")
+        attrs.pop("format")
+        mesh = MeshFile(
+            points=f["mesh/points"][()],
+            cells=f["mesh/cells"][()],
+            mass=f["mesh/mass"][()],
+            fields={name: ds[()] for name, ds in f["fields"].items()},
+            attrs=attrs,
+            order=order,
+        )
+    if order_from_cells(mesh.cells) != order:
+        raise FileFormatError(
+            f"{path}: order attribute {order} does not match /mesh/cells {mesh.cells.shape}"
+        )
+    return mesh
+
+
+def write_vtu(
+    path: str | os.PathLike,
+    points: np.ndarray,
+    cells: np.ndarray,
+    order: int,
+    fields: Mapping[str, np.ndarray],
+    mass: np.ndarray | None = None,
+) -> None:
+    """Write a VTU (via meshio) of linear sub-quads; point data = fields (and ``mass``)."""
+    if order_from_cells(cells) != order:
+        raise FileFormatError(f"cells: shape {np.shape(cells)} does not match order {order}")
+    data, _ = _check_mesh(points, cells, np.zeros(len(points)) if mass is None else mass, fields)
+    point_data = {k.removeprefix("fields/"): v for k, v in data.items() if k.startswith("fields/")}
+    if mass is not None:
+        point_data["mass"] = data["mesh/mass"]
+    xyz = np.column_stack([data["mesh/points"], np.zeros(len(data["mesh/points"]))])
+    mesh = meshio.Mesh(xyz, [("quad", data["mesh/quads"])], point_data=point_data)
+    with atomic_path(path) as tmp:
+        meshio.write(tmp, mesh, file_format="vtu")
+
+
+# --------------------------------------------------------------------------- receiver files
+
+
+@dataclass(frozen=True, eq=False)
+class ReceiverData:
+    """One event's recordings: traces field -> (R, S), coordinates (R, 2) m, dt s,
+    start_time s (time of sample 0), stations (R,) names. Validated and converted on creation."""
+
+    traces: dict[str, np.ndarray]
+    coordinates: np.ndarray
+    dt: float
+    start_time: float
+    stations: tuple[str, ...]
+
+    def __post_init__(self):
+        coords = np.asarray(self.coordinates, dtype=np.float64)
+        if coords.ndim != 2 or coords.shape[1] != 2:
+            raise FileFormatError(
+                f"coordinates: expected shape (n_receivers, 2), got {coords.shape}"
+            )
+        stations = tuple(str(s) for s in self.stations)
+        if len(stations) != len(coords):
+            raise FileFormatError(f"stations: expected {len(coords)} names, got {len(stations)}")
+        if not (math.isfinite(self.dt) and self.dt > 0 and math.isfinite(self.start_time)):
+            raise FileFormatError(
+                f"dt, start_time: expected finite values, dt > 0, got {self.dt}, {self.start_time}"
+            )
+        traces, n_samples = {}, None
+        for name, trace in self.traces.items():
+            if check_name("field", name) in _EVENT_RESERVED:
+                raise FileFormatError(f"field name {name!r}: reserved ({_EVENT_RESERVED})")
+            arr = np.ascontiguousarray(trace, dtype=np.float64)
+            n_samples = arr.shape[-1] if n_samples is None and arr.ndim else n_samples
+            if arr.shape != (len(coords), n_samples):  # the first field sets n_samples
+                raise FileFormatError(
+                    f"traces[{name!r}]: expected shape (n_receivers={len(coords)}, "
+                    f"n_samples={n_samples}), got {arr.shape}"
+                )
+            traces[name] = arr
+        for key, value in [("coordinates", coords), ("stations", stations), ("traces", traces),
+                           ("dt", float(self.dt)), ("start_time", float(self.start_time))]:
+            object.__setattr__(self, key, value)
+
+
+def _write_event(group: h5py.Group, data: ReceiverData) -> None:
+    times = {"dt": data.dt, "start_time": data.start_time}
+    group.attrs.update(times)
+    group.create_dataset("coordinates", data=data.coordinates)
+    group.create_dataset("stations", data=np.array(data.stations, dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+    for name, trace in data.traces.items():
+        group.create_dataset(name, data=trace).attrs.update(times)
+
+
+def write_receivers_h5(
+    path: str | os.PathLike, events: Mapping[str, ReceiverData], attrs: Mapping
+) -> None:
+    """Write receivers atomically: ``/<event>/<field> (R, S)``, ``coordinates``, ``stations``;
+    ``dt``/``start_time`` on each event group and field; root ``format = "fwimpi-receivers-1"``."""
+    for name in events:
+        check_name("event", name)
+    root = encode_attrs(attrs, _RECEIVERS_RESERVED) | {"format": RECEIVERS_FORMAT}
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(root)
+            for name, data in events.items():
+                _write_event(f.create_group(name), data)
+
+
+def read_receivers_h5(path: str | os.PathLike) -> dict[str, ReceiverData]:
+    """Read a file written by ``write_receivers_h5``: event name -> ReceiverData."""
+    with h5py.File(path, "r") as f:
+        _check_format(path, decode_attrs(f.attrs), RECEIVERS_FORMAT)
+        return {
+            name: ReceiverData(
+                traces={k: ds[()] for k, ds in g.items() if k not in _EVENT_RESERVED},
+                coordinates=g["coordinates"][()],
+                dt=float(g.attrs["dt"]),
+                start_time=float(g.attrs["start_time"]),
+                stations=tuple(g["stations"].asstr()[()]),
+            )
+            for name, g in f.items()
+        }

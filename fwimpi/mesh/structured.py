@@ -1,0 +1,159 @@
+"""Structured quadrilateral spectral-element mesh of a box domain plus absorbing margins.
+
+The domain ``[x0, x1] x [y0, y1]`` (m; y up, the top ``y1`` is the free surface) is
+extended by ``margin`` metres to the left, the right and the bottom; the extended box is
+split into ``nex x ney`` equal rectangles. Elements are numbered row by row,
+``e = ex + nex * ey``; global GLL points form the tensor grid of ``(nex*N + 1) x
+(ney*N + 1)`` points numbered ``p = I + (nex*N + 1) * J``.
+"""
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ..sem.geometry import ElementGeometry, element_geometry
+from ..sem.gll import gll_points_weights
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned rectangle ``[x0, x1] x [y0, y1]`` in metres."""
+
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+
+    def clamp(self, points: np.ndarray) -> np.ndarray:
+        """Nearest points of the box to ``points (P, 2)``."""
+        return np.column_stack(
+            (np.clip(points[:, 0], self.x0, self.x1), np.clip(points[:, 1], self.y0, self.y1))
+        )
+
+
+@dataclass(frozen=True)
+class StructuredMesh:
+    """A structured SEM mesh; see the module docstring for the numbering."""
+
+    domain: Box
+    extended: Box
+    margin: float
+    order: int
+    nex: int
+    ney: int
+
+    @property
+    def n_elements(self) -> int:
+        return self.nex * self.ney
+
+    @property
+    def npx(self) -> int:
+        """Global GLL points along x."""
+        return self.nex * self.order + 1
+
+    @property
+    def npy(self) -> int:
+        return self.ney * self.order + 1
+
+    @property
+    def n_points(self) -> int:
+        return self.npx * self.npy
+
+    @property
+    def hx(self) -> float:
+        return (self.extended.x1 - self.extended.x0) / self.nex
+
+    @property
+    def hy(self) -> float:
+        return (self.extended.y1 - self.extended.y0) / self.ney
+
+    def _axis(self, lo: float, h: float, ne: int) -> np.ndarray:
+        xi, _ = gll_points_weights(self.order)
+        e = np.repeat(np.arange(ne), self.order)
+        i = np.tile(np.arange(self.order), ne)
+        coords = lo + h * (e + (xi[i] + 1.0) / 2.0)
+        return np.append(coords, lo + h * ne)
+
+    @cached_property
+    def points(self) -> np.ndarray:
+        """Global GLL points ``(P, 2)`` in metres."""
+        x = self._axis(self.extended.x0, self.hx, self.nex)
+        y = self._axis(self.extended.y0, self.hy, self.ney)
+        xx, yy = np.meshgrid(x, y, indexing="xy")
+        return np.column_stack((xx.ravel(), yy.ravel()))
+
+    def element_indices(self, elements: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Column ``ex`` and row ``ey`` of elements (all by default)."""
+        e = np.arange(self.n_elements) if elements is None else np.asarray(elements)
+        return e % self.nex, e // self.nex
+
+    def ibool(self, elements: np.ndarray | None = None) -> np.ndarray:
+        """Global point index of each element point, ``(E, n, n)`` ordered ``[e, j, i]``."""
+        ex, ey = self.element_indices(elements)
+        n = self.order + 1
+        j, i = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        col = ex[:, None, None] * self.order + i[None]
+        row = ey[:, None, None] * self.order + j[None]
+        return (row * self.npx + col).astype(np.int64)
+
+    @property
+    def cells(self) -> np.ndarray:
+        """Contract layout ``(E, (N+1)^2)`` int64: local node ``a = i + (N+1) j``."""
+        return self.ibool().reshape(self.n_elements, -1)
+
+    def corners(self, elements: np.ndarray | None = None) -> np.ndarray:
+        """Element corners ``(E, 4, 2)``, counterclockwise from the lower left."""
+        ex, ey = self.element_indices(elements)
+        x0 = self.extended.x0 + ex * self.hx
+        y0 = self.extended.y0 + ey * self.hy
+        x1, y1 = x0 + self.hx, y0 + self.hy
+        return np.stack(
+            [np.column_stack(c) for c in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))], axis=1
+        )
+
+    def geometry(self, elements: np.ndarray | None = None) -> ElementGeometry:
+        return element_geometry(self.corners(elements), self.order)
+
+    def element_centroids(self) -> np.ndarray:
+        """``(E, 2)`` centres of the elements."""
+        return self.corners().mean(axis=1)
+
+    def locate(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Element and reference coordinates of points ``(Q, 2)``.
+
+        Returns ``elements (Q,)`` and ``ref (Q, 2)`` in [-1, 1]^2. A point on an element edge
+        goes to the element with the lowest number, whatever the partitioning. Points
+        outside the extended box raise ValueError.
+        """
+        xy = np.atleast_2d(np.asarray(xy, dtype=float))
+        ext = self.extended
+        tol = 1e-9 * max(ext.x1 - ext.x0, ext.y1 - ext.y0)
+        outside = (
+            (xy[:, 0] < ext.x0 - tol) | (xy[:, 0] > ext.x1 + tol)
+            | (xy[:, 1] < ext.y0 - tol) | (xy[:, 1] > ext.y1 + tol)
+        )
+        if outside.any():
+            raise ValueError(f"point {tuple(xy[outside][0])} lies outside the mesh")
+        sx = (xy[:, 0] - ext.x0) / self.hx
+        sy = (xy[:, 1] - ext.y0) / self.hy
+        # Lowest-numbered element: on an edge at integer s, take the cell below (s - 1).
+        ex = np.clip(np.ceil(sx - 1e-12).astype(int) - 1, 0, self.nex - 1)
+        ey = np.clip(np.ceil(sy - 1e-12).astype(int) - 1, 0, self.ney - 1)
+        ref = np.column_stack((2.0 * (sx - ex) - 1.0, 2.0 * (sy - ey) - 1.0))
+        return ex + self.nex * ey, np.clip(ref, -1.0, 1.0)
+
+
+def build_mesh(domain: Box, margin: float, element_size: float, order: int) -> StructuredMesh:
+    """Mesh ``domain`` plus ``margin`` (m) of absorbing layer on left, right and bottom.
+
+    The element count per axis is ``ceil(extent / element_size)``, so elements are at most
+    ``element_size`` metres wide.
+    """
+    if element_size <= 0 or not math.isfinite(element_size):
+        raise ValueError(f"element size must be positive and finite, got {element_size}")
+    extended = Box(domain.x0 - margin, domain.x1 + margin, domain.y0 - margin, domain.y1)
+    nex = max(1, math.ceil((extended.x1 - extended.x0) / element_size - 1e-9))
+    ney = max(1, math.ceil((extended.y1 - extended.y0) / element_size - 1e-9))
+    return StructuredMesh(domain, extended, float(margin), int(order), nex, ney)
