@@ -216,7 +216,11 @@ def load_job_spec(path: str | os.PathLike) -> JobSpec:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise ConfigError(f"{path}: cannot read job spec: {reason}") from None
     try:
-        data = yaml.load(text, Loader=_Loader)
+        loader = _Loader(text)  # a SafeLoader: no Python tags are ever constructed
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -1,0 +1,161 @@
+"""The fwimpi command line: exit codes, one-line errors, products and their layout."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fwimpi.cli import main
+from fwimpi.mesh.files import read_mesh_h5, read_receivers_h5
+
+HERE = Path(__file__).parent
+BAD_SPECS = sorted((HERE / "specs" / "bad").glob("*.yaml"))
+
+SMALL_JOB = """
+name: small
+ranks_per_job: 1
+domain: {dimension: 2, x: [0.0, 1000.0], y: [-500.0, 0.0]}
+model: {vp: "1500.0 - y", rho: "1000.0 - y"}
+events:
+  - event_name: ev1
+    sources: [{type: ScalarPoint2D, x: 300.0, y: -250.0, f: 1.0}]
+    receivers:
+      - {type: ArrayPoint2D, x: {linspace: [100.0, 900.0, 5]}, y: 0.0, fields: [phi]}
+simulation_configuration:
+  name: sim
+  elements_per_wavelength: 2
+  tensor_order: 4
+  max_frequency_in_hertz: 10.0
+  end_time_in_seconds: 0.6
+  wavelet: {type: Ricker, center_frequency: 5.0}
+  absorbing_boundaries: {reference_velocity: 2000.0, number_of_wavelengths: 1.0,
+                         reference_frequency: 5.0}
+misfit_configuration:
+  name: misfit
+  observed_data: null
+  misfit_function: L2_energy_no_observed_data
+  receiver_field: phi
+output: out
+"""
+
+
+def write_job(folder: Path, text: str = SMALL_JOB, **replace) -> Path:
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    path = folder / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("spec", BAD_SPECS, ids=[p.stem for p in BAD_SPECS])
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_bad_spec_exit_2_one_line_nothing_written(spec, command, tmp_path, capsys):
+    job = tmp_path / spec.name
+    shutil.copy(spec, job)
+    assert main([command, str(job)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fwimpi: error: ") and "\n" not in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [spec.name]
+
+
+def test_bad_spec_through_the_console_script(tmp_path):
+    job = write_job(tmp_path, **{"tensor_order: 4": "tensor_order: 0"})
+    proc = subprocess.run([sys.executable, "-m", "fwimpi.cli", "run", str(job)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("fwimpi: error: simulation_configuration.tensor_order: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_time_step_above_cfl_is_rejected_before_any_output(tmp_path, capsys):
+    job = write_job(tmp_path, **{"end_time_in_seconds: 0.6": "end_time_in_seconds: 0.6\n  time_step_in_seconds: 0.05"})
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "simulation_configuration.time_step_in_seconds" in err and "CFL" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_expression_payload_is_rejected_and_nothing_runs(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    job = write_job(tmp_path, **{'"1500.0 - y"': f"\"__import__('os').system('touch {marker}')\""})
+    assert main(["run", str(job)]) == 2
+    assert "model.vp" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_run_writes_the_contract_products(tmp_path):
+    job = write_job(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "fwimpi.cli", "run", str(job), "--forward-only"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["job"] == "small"
+    sim = summary["simulation"]
+    for key in ("ranks", "n_elements", "n_points", "n_steps", "dt", "forward_seconds",
+                "adjoint_seconds", "peak_memory_mb_per_rank"):
+        assert key in sim
+    assert sim["ranks"] == 1 and sim["forward_seconds"] > 0
+    event = summary["events"]["ev1"]
+    receivers = out / event["receivers"]
+    with h5py.File(receivers, "r") as f:
+        phi = f["ev1/phi"][...]
+        assert phi.shape == (5, sim["n_steps"] + 1)
+        assert f["ev1/coordinates"].shape == (5, 2)
+        assert np.isclose(f["ev1"].attrs["dt"], sim["dt"]) and f["ev1"].attrs["start_time"] == 0.0
+    assert np.allclose(read_receivers_h5(receivers)["ev1"].coordinates[:, 0],
+                       np.linspace(100, 900, 5))
+    # misfit as DESIGN.md defines it on the discrete traces
+    assert np.isclose(event["misfit"], 0.5 * sim["dt"] * np.sum(phi**2), rtol=1e-12)
+    assert np.abs(phi).max() > 0
+    model = read_mesh_h5(out / summary["model"])
+    assert model.cells.shape == (sim["n_elements"], 25) and model.points.shape == (sim["n_points"], 2)
+    assert np.allclose(model.fields["VP"], 1500.0 - np.clip(model.points[:, 1], -500, 0))
+    assert (out / "model.xdmf").exists()
+    assert not list(out.rglob(".*tmp*"))
+    # export to VTU
+    proc = subprocess.run([sys.executable, "-m", "fwimpi.cli", "export", str(out / "model.h5")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "model.vtu").stat().st_size > 0
+
+
+def test_time_step_and_time_shift_are_honoured(tmp_path):
+    dt = 1e-3
+    base = {"end_time_in_seconds: 0.6": f"end_time_in_seconds: 0.6\n  time_step_in_seconds: {dt}"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shifted = "center_frequency: 5.0, time_shift_in_seconds: {}}}"
+    ja = write_job(tmp_path / "a", **{**base, "center_frequency: 5.0}": shifted.format(0.4)})
+    jb = write_job(tmp_path / "b", **{**base, "center_frequency: 5.0}": shifted.format(0.42)})
+    assert main(["-q", "run", str(ja)]) == 0 and main(["-q", "run", str(jb)]) == 0
+    sa = json.loads((tmp_path / "a/out/summary.json").read_text())
+    assert sa["simulation"]["dt"] == dt and sa["simulation"]["n_steps"] == 600
+    a = read_receivers_h5(tmp_path / "a/out/events/ev1/receivers.h5")["ev1"].traces["phi"]
+    b = read_receivers_h5(tmp_path / "b/out/events/ev1/receivers.h5")["ev1"].traces["phi"]
+    # shifts of 0.4 s (a Ricker tail of 1e-17 at t = 0) and 0.42 s: exactly 20 steps apart
+    assert np.allclose(b[:, 20:], a[:, :-20], atol=1e-9 * np.abs(a).max())
+    assert not np.allclose(a, b)
+
+
+def test_validate_prints_the_derived_settings(tmp_path, capsys):
+    job = write_job(tmp_path)
+    assert main(["validate", str(job)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["derived"]["n_points"] > 0 and out["derived"]["dt"] > 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_commands():
+    proc = subprocess.run([sys.executable, "-m", "fwimpi.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for word in ("validate", "run", "exec", "export", "examples"):
+        assert word in proc.stdout

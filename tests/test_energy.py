@@ -1,0 +1,118 @@
+"""Discrete energy of the leapfrog scheme: conserved in a closed box, decaying with damping.
+
+For ``M (u[n+1] - 2u[n] + u[n-1]) / dt^2 + C (u[n+1] - u[n-1]) / (2 dt) + K u[n] = f[n]``
+with diagonal ``M``, ``C >= 0`` and symmetric ``K``, multiplying by ``(u[n+1] - u[n-1]) / 2``
+gives, with ``v = (u[n+1] - u[n]) / dt`` and
+
+    E^{n+1/2} = 1/2 v^T M v + 1/2 u[n+1]^T K u[n],
+
+the exact balance
+
+    E^{n+1/2} - E^{n-1/2} = f[n]^T (u[n+1] - u[n-1]) / 2
+                            - (u[n+1] - u[n-1])^T C (u[n+1] - u[n-1]) / (4 dt).
+
+So once the source is off, ``E`` is constant to round-off without damping and never grows
+with it. ``E`` is positive below the stability limit (``dt^2/4 * max eig(M^-1 K) < 1``).
+"""
+
+import numpy as np
+
+from fwimpi.inversion.forward import ForwardProblem
+from fwimpi.mesh.structured import Box, build_mesh
+from fwimpi.sem.wavelets import ricker
+
+# 10 x 10 rectangular elements (100 m x 95 m), order 4
+DOMAIN = Box(0.0, 1000.0, -950.0, 0.0)
+H, ORDER = 100.0, 4
+FC = 5.0
+T0 = 1.2 / FC
+SOURCE = (400.0, -600.0)
+N_AFTER = 10_000  # steps checked after the source stops
+
+
+def model(points):
+    """Heterogeneous (vertical gradient in vp and rho), constant extension outside DOMAIN."""
+    y = DOMAIN.clamp(points)[:, 1]
+    return {"VP": 1500.0 - y, "RHO": 1000.0 - y}
+
+
+def energy_history(margin=0.0, absorbing_width=0.0):
+    """Run with the CFL step until N_AFTER steps after the source stops.
+
+    Returns (E, n_off, dt, problem). ``E[n]`` is ``E^{n-1/2}`` for n = 1..n_steps (``E[0]``
+    unused), computed from the states
+    ``u[n], u[n-1]`` the stepper passes to ``on_step``. The signal is exactly zero from
+    sample ``n_off`` on, so ``E[n]`` is constant for ``n >= n_off`` in exact arithmetic.
+    """
+    mesh = build_mesh(DOMAIN, margin, H, ORDER)
+    problem = ForwardProblem(mesh, model, absorbing_width=absorbing_width,
+                             reference_velocity=2000.0)
+    dt = problem.time_axis(1.0).dt  # CFL-derived step
+    n_off = int(np.ceil(3.0 * T0 / dt))  # first sample with the signal off
+    n_steps = n_off + N_AFTER
+    signal = ricker(dt * np.arange(n_steps), FC, T0)
+    signal[n_off:] = 0.0  # |s| < 1e-22 there already; exactly zero makes E exactly constant
+    _, src = problem.sampling(np.array([SOURCE]))
+    _, rec = problem.sampling(np.array([[700.0, 0.0]]))
+    mass, stiffness = problem.mass, problem.stiffness
+    energy = np.full(n_steps + 1, np.nan)
+
+    def on_step(n, u, u_old):
+        # u, u_old are u[n], u[n-1]; the stepper reuses the arrays, so use them right away
+        v = (u - u_old) / dt
+        energy[n] = 0.5 * v @ (mass * v) + 0.5 * u @ stiffness.apply(u_old)
+
+    traces = problem.stepper(dt).run(n_steps, src, signal, rec, on_step=on_step)
+    assert np.abs(traces).max() > 0.0
+    return energy, n_off, dt, problem
+
+
+def test_energy_is_conserved_in_closed_box():
+    energy, n_off, dt, _ = energy_history()
+    after = energy[n_off:]  # E^{n-1/2}, n >= n_off: constant in exact arithmetic
+    e0 = after[0]
+    drift = np.abs(after - e0).max() / e0
+    print(f"\nclosed box: dt={dt:.4g} s, {len(after)} steps after the source stops "
+          f"({len(after) * dt:.1f} s), E={e0:.6g}, max relative drift {drift:.2e}")
+    assert np.isfinite(after).all()
+    assert e0 > 0.0 and after.min() > 0.0
+    # while the source acts the energy grows from zero: the source really injected it
+    assert energy[1] < 1e-3 * e0
+    assert len(after) == N_AFTER + 1
+    assert drift < 1e-6
+
+
+def test_energy_decays_with_absorbing_margins():
+    energy, n_off, dt, problem = energy_history(margin=300.0, absorbing_width=300.0)
+    assert problem.damping.max() > 0.0
+    after = energy[n_off:]
+    e0 = after[0]
+    steps = np.diff(after) / e0
+    print(f"\nabsorbing margins: E_last/E_first = {after[-1] / e0:.2e}, "
+          f"largest relative increase in a step {steps.max():.1e}")
+    assert e0 > 0.0 and after.min() > 0.0
+    # the damping term only removes energy, step by step (up to round-off)
+    assert steps.max() < 1e-12
+    # ... and removes nearly all of it over N_AFTER steps
+    assert after[-1] < 1e-3 * e0
+
+
+def test_stiffness_symmetric_with_constants_in_null_space():
+    mesh = build_mesh(DOMAIN, 0.0, H, ORDER)
+    problem = ForwardProblem(mesh, model)
+    k = problem.stiffness
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal(problem.n_local_points)
+    v = rng.standard_normal(problem.n_local_points)
+    vku, ukv = v @ k.apply(u), u @ k.apply(v)
+    scale = np.sqrt((u @ k.apply(u)) * (v @ k.apply(v)))  # Cauchy-Schwarz bound on |v^T K u|
+    print(f"\nsymmetry: |v'Ku - u'Kv| / sqrt(u'Ku v'Kv) = {abs(vku - ukv) / scale:.1e}")
+    assert abs(vku - ukv) <= 1e-12 * scale
+    assert u @ k.apply(u) > 0.0
+    k1 = k.apply(np.ones(problem.n_local_points))
+    ku = k.apply(u)
+    print(f"null space: |K 1|_inf / |K u|_inf = {np.abs(k1).max() / np.abs(ku).max():.1e}")
+    assert np.abs(k1).max() <= 1e-12 * np.abs(ku).max()
+    # K annihilates constants only: a linear function has K x != 0 (natural boundaries)
+    x = mesh.points[problem.points][:, 0]
+    assert np.abs(k.apply(x)).max() > 1e-6 * np.abs(ku).max()
