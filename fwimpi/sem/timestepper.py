@@ -78,6 +78,15 @@ class LeapfrogStepper:
         self.cf = dt**2 / a
         self.assemble = assemble
         self.n_points = len(mass)
+        self._compile()
+
+    def _compile(self) -> None:
+        """Compile (or load from numba's cache) every kernel of the loop, outside of it."""
+        one, idx = np.zeros(1), np.zeros((1, 1), dtype=np.int64)
+        _update(one, one, one.copy(), one, one, one, one.copy())
+        _sample(one, idx, np.zeros((1, 1)), np.zeros((1, 1)), 0)
+        scatter_add(one, idx[0], one, 0.0)
+        self.stiffness.add(np.zeros(self.n_points), np.zeros(self.n_points))
 
     def run(
         self,
@@ -104,10 +113,7 @@ class LeapfrogStepper:
         src_w = np.ascontiguousarray(sources.weights.ravel())
         rec_idx = np.ascontiguousarray(receivers.indices)
         rec_w = np.ascontiguousarray(receivers.weights)
-        _sample(u, rec_idx, rec_w, traces, 0)  # also compiles the kernels before the loop
-        self.stiffness.add(u, ku)
-        scatter_add(ku, src_idx, src_w, 0.0)
-        _update(u, u_old, ku, self.cu, self.co, self.cf, u_new)
+        _sample(u, rec_idx, rec_w, traces, 0)
         for n in range(n_steps):
             self.stiffness.add(u, ku)
             scatter_add(ku, src_idx, src_w, -signal[n])
