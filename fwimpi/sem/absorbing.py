@@ -4,8 +4,11 @@ import math
 
 import numpy as np
 
-#: Target amplitude left after the round trip through the margin (normal incidence).
-TARGET_REFLECTION = 1e-4
+#: Amplitude left after the round trip through the margin (normal incidence). Measured on
+#: the tutorial (tests/test_absorbing.py): reflected/incident energy 1.6e-4 at 1e-2, 2.7e-4
+#: at 1e-3, 4.5e-4 at 1e-4, 2.8e-3 at 1e-12: below ~1e-2 the reflection off the steeper
+#: damping ramp dominates what gets through, so 1e-2 is the best choice.
+TARGET_REFLECTION = 1e-2
 
 
 def damping_profile(
