@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
@@ -60,29 +61,64 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _validate(args) -> int:
-    from .jobs.runner import describe, prepare
+    from .jobs.runner import validate
     from .jobs.spec import load_job_spec
 
     spec = load_job_spec(args.job)
-    setup = prepare(spec)
-    print(json.dumps({"job": spec.resolved, "derived": describe(setup)}, indent=2))
+    derived = validate(spec, spec.ranks_per_job)
+    print(json.dumps({"job": spec.resolved, "derived": derived}, indent=2))
     return 0
 
 
 def _run(args) -> int:
-    from .jobs.runner import run_job
+    """Validate, then run in this process (one rank) or launch ``ranks`` through the site."""
+    import subprocess
+
+    from .jobs.runner import validate
+    from .jobs.sites import load_site
     from .jobs.spec import load_job_spec
 
     spec = load_job_spec(args.job)
-    if getattr(args, "ranks", None) is not None and args.ranks < 1:
+    if args.ranks is not None and args.ranks < 1:
         raise ConfigError(f"--ranks: must be a positive integer, got {args.ranks}")
-    ranks = getattr(args, "ranks", None) or spec.ranks_per_job
-    if ranks > 1:
-        logging.getLogger("fwimpi").warning(
-            "ranks_per_job = %d: this version runs on one rank (domain decomposition "
-            "is not implemented yet)", ranks)
-    summary = run_job(spec, forward_only=args.forward_only)
-    print(json.dumps(summary["simulation"], indent=2))
+    ranks = args.ranks or spec.ranks_per_job
+    site = load_site(args.site or spec.site)
+    validate(spec, ranks)  # every input check, before any MPI work or output
+    if ranks == 1:
+        return _exec(args, in_process=True)
+    extra = ("--forward-only",) if args.forward_only else ()
+    command = site.command(ranks, args.job.resolve(), extra)
+    logging.getLogger("fwimpi").info("launching: %s", " ".join(command))
+    code = subprocess.run(command).returncode
+    if code == 0:
+        summary = json.loads((spec.output / "summary.json").read_text())
+        print(json.dumps(summary["simulation"], indent=2))
+    return 1 if code < 0 else code
+
+
+def _exec(args, in_process: bool = False) -> int:
+    """Run the job on COMM_WORLD (what a site launches). An error on any rank ends all."""
+    from mpi4py import MPI
+
+    from .jobs.runner import run_job
+    from .jobs.spec import load_job_spec
+
+    comm = MPI.COMM_WORLD
+    try:
+        spec = load_job_spec(args.job)
+        summary = run_job(spec, comm, forward_only=args.forward_only)
+    except Exception as err:  # noqa: BLE001 - any error must end every rank, never hang
+        if comm.size == 1:
+            raise
+        code = 2 if isinstance(err, ConfigError) else 1
+        if code == 1:
+            traceback.print_exc()
+        rank = f" (rank {comm.rank})"
+        print(f"fwimpi: {'error' if code == 2 else 'failed'}{rank}: {type(err).__name__}: {err}",
+              file=sys.stderr, flush=True)
+        comm.Abort(code)
+    if summary is not None and in_process:
+        print(json.dumps(summary["simulation"], indent=2))
     return 0
 
 
@@ -104,7 +140,7 @@ def _export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.quiet)
-    commands = {"validate": _validate, "run": _run, "exec": _run, "export": _export}
+    commands = {"validate": _validate, "run": _run, "exec": _exec, "export": _export}
     try:
         return commands[args.command](args)
     except ConfigError as err:

@@ -63,18 +63,26 @@ class ForwardProblem:
         mesh: StructuredMesh,
         model: Callable[[np.ndarray], dict[str, np.ndarray]],
         elements: np.ndarray | None = None,
+        points: np.ndarray | None = None,
         absorbing_width: float = 0.0,
         reference_velocity: float = 1.0,
         assemble: Callable[[np.ndarray], None] = _identity,
         reduce_max: Callable[[float], float] = lambda v: v,
+        work: np.ndarray | None = None,
     ):
         self.mesh = mesh
         self.elements = np.arange(mesh.n_elements) if elements is None else np.asarray(elements)
         ibool_global = mesh.ibool(self.elements)
-        self.points, ibool = np.unique(ibool_global, return_inverse=True)
-        self.ibool = ibool.reshape(ibool_global.shape)
+        # local points: the given order (a subdomain's owned points, then ghosts) or sorted
+        self.points = np.unique(ibool_global) if points is None else np.asarray(points)
+        lookup = np.full(mesh.n_points, -1, dtype=np.int64)
+        lookup[self.points] = np.arange(len(self.points))
+        self.ibool = lookup[ibool_global]
+        if (self.ibool < 0).any():
+            raise ValueError("points must include every point of the elements")
         self.assemble = assemble
         self.reduce_max = reduce_max
+        self.work = work
         xy = mesh.points[self.points]
         values = model(xy)
         self.vp, self.rho = values["VP"], values["RHO"]
@@ -118,11 +126,12 @@ class ForwardProblem:
         local[self.elements] = np.arange(len(self.elements))
         keep = np.flatnonzero(local[elem] >= 0)
         le = local[elem[keep]]
-        idx = self.ibool[le].reshape(len(keep), -1)
+        idx = self.ibool[le].reshape(len(keep), (self.mesh.order + 1) ** 2)
         return keep, PointSampling(idx, point_weights(self.mesh.order, ref[keep]))
 
     def stepper(self, dt: float) -> LeapfrogStepper:
-        return LeapfrogStepper(self.stiffness, self.mass, self.damping, dt, self.assemble)
+        return LeapfrogStepper(self.stiffness, self.mass, self.damping, dt, self.assemble,
+                               self.work)
 
     def simulate(
         self,
@@ -139,7 +148,7 @@ class ForwardProblem:
         """
         src_xy = np.array([[s.x, s.y] for s in sources])
         keep_s, src = self.sampling(src_xy)
-        amps = np.array([sources[k].f for k in keep_s])
+        amps = np.array([sources[k].f for k in keep_s], dtype=float)
         src = PointSampling(src.indices, src.weights * amps[:, None])
         keep_r, rec = self.sampling(receivers_xy)
         signal = ricker(axis.times[:-1], center_frequency, time_shift)

@@ -14,10 +14,11 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError
-from ..inversion.forward import ForwardProblem, PointSource, TimeAxis
-from ..mesh.files import ReceiverData, read_receivers_h5, write_json_atomic, write_mesh_h5, write_receivers_h5
+from ..inversion.forward import COURANT_FACTOR, ForwardProblem, PointSource, TimeAxis
+from ..mesh.files import ReceiverData, read_receivers_h5, write_json_atomic, write_receivers_h5
 from ..mesh.model import ModelEvaluator, ModelSource
 from ..mesh.structured import Box, StructuredMesh, build_mesh
+from ..parallel.decomposition import decompose, local_part
 from ..sem.misfits import l2, l2_energy
 from .spec import JobSpec
 
@@ -28,11 +29,13 @@ IMPLEMENTED_MISFITS = ("L2_energy_no_observed_data", "L2")
 
 @dataclass
 class Setup:
-    """The discretised job: mesh, operators and time axis (built once, validated)."""
+    """The discretised job on one rank: mesh, its share of operators, time axis."""
 
     spec: JobSpec
+    comm: object
     mesh: StructuredMesh
     problem: ForwardProblem
+    natural: object  # parallel.petsc.NaturalOrder
     axis: TimeAxis
     min_velocity: float
     element_size: float
@@ -54,9 +57,17 @@ def _mesh_for(spec: JobSpec, evaluator: ModelEvaluator) -> tuple[StructuredMesh,
     return mesh, vmin, h
 
 
-def prepare(spec: JobSpec) -> Setup:
-    """Build mesh, model and operators and check the time step. Raises ConfigError."""
-    sim = spec.simulation
+def _check_time_step(spec: JobSpec, stable_dt: float) -> None:
+    dt = spec.simulation.time_step_in_seconds
+    if dt is not None and dt > stable_dt:
+        raise ConfigError(
+            f"simulation_configuration.time_step_in_seconds: {dt:g} s exceeds the CFL "
+            f"stability limit {stable_dt:.4g} s of this mesh and model; leave it "
+            f"out to use {COURANT_FACTOR * stable_dt:.4g} s"
+        )
+
+
+def _model(spec: JobSpec) -> tuple[ModelEvaluator, StructuredMesh, float, float]:
     domain = Box(spec.domain.x[0], spec.domain.x[1], spec.domain.y[0], spec.domain.y[1])
     evaluator = ModelEvaluator(ModelSource(spec.model.vp, spec.model.rho, spec.model.file), domain)
     mesh, vmin, h = _mesh_for(spec, evaluator)
@@ -65,21 +76,53 @@ def prepare(spec: JobSpec) -> Setup:
             f"simulation_configuration.elements_per_wavelength: the mesh would have "
             f"{mesh.n_points} points; lower elements_per_wavelength or max_frequency_in_hertz"
         )
+    return evaluator, mesh, vmin, h
+
+
+def _absorbing(spec: JobSpec) -> dict:
+    ab = spec.simulation.absorbing
+    return {"absorbing_width": ab.width_in_meters if ab else 0.0,
+            "reference_velocity": ab.reference_velocity if ab else 1.0}
+
+
+def validate(spec: JobSpec, ranks: int) -> dict:
+    """Every check of a run, serially and without MPI; returns the derived settings.
+
+    Raises ConfigError. This is what ``fwimpi validate`` and ``fwimpi run`` do before
+    any MPI work or output.
+    """
+    evaluator, mesh, vmin, _ = _model(spec)
+    decompose(mesh, ranks)  # rejects more ranks than the mesh can take
+    problem = ForwardProblem(mesh, evaluator, **_absorbing(spec))
+    _check_time_step(spec, problem.stable_dt)
+    axis = problem.time_axis(spec.simulation.end_time_in_seconds, spec.simulation.time_step_in_seconds)
+    _observed_data(spec, axis)
+    return describe(mesh, problem.stable_dt, axis, vmin)
+
+
+def prepare(spec: JobSpec, comm) -> Setup:
+    """Build mesh, decomposition, model and operators; check the time step.
+
+    Collective on comm. Raises ConfigError on every rank alike (all checks see global data).
+    """
+    from mpi4py import MPI
+
+    from ..parallel.petsc import HaloExchange, NaturalOrder
+
+    evaluator, mesh, vmin, h = _model(spec)
+    decomposition = decompose(mesh, comm.size)
+    part = local_part(mesh, decomposition, comm.rank)
+    halo = HaloExchange(comm, part)
     problem = ForwardProblem(
-        mesh, evaluator,
-        absorbing_width=sim.absorbing.width_in_meters if sim.absorbing else 0.0,
-        reference_velocity=sim.absorbing.reference_velocity if sim.absorbing else 1.0,
+        mesh, evaluator, elements=part.elements, points=part.points, **_absorbing(spec),
+        assemble=halo.assemble, reduce_max=lambda v: comm.allreduce(v, op=MPI.MAX),
+        work=halo.buffer,
     )
-    dt = sim.time_step_in_seconds
-    if dt is not None and dt > problem.stable_dt:
-        raise ConfigError(
-            f"simulation_configuration.time_step_in_seconds: {dt:g} s exceeds the CFL "
-            f"stability limit {problem.stable_dt:.4g} s of this mesh and model; leave it "
-            f"out to use {0.5 * problem.stable_dt:.4g} s"
-        )
-    axis = problem.time_axis(sim.end_time_in_seconds, dt)
+    natural = NaturalOrder(comm, part, decomposition.petsc)
+    _check_time_step(spec, problem.stable_dt)
+    axis = problem.time_axis(spec.simulation.end_time_in_seconds, spec.simulation.time_step_in_seconds)
     observed = _observed_data(spec, axis)
-    return Setup(spec, mesh, problem, axis, vmin, h, observed)
+    return Setup(spec, comm, mesh, problem, natural, axis, vmin, h, observed)
 
 
 def _observed_data(spec: JobSpec, axis: TimeAxis) -> dict[str, np.ndarray]:
@@ -114,9 +157,8 @@ def _observed_data(spec: JobSpec, axis: TimeAxis) -> dict[str, np.ndarray]:
     return out
 
 
-def describe(setup: Setup) -> dict:
+def describe(mesh: StructuredMesh, stable_dt: float, axis: TimeAxis, vmin: float) -> dict:
     """The derived sizes that ``fwimpi validate`` prints and ``summary.json`` records."""
-    mesh = setup.mesh
     return {
         "n_elements": mesh.n_elements,
         "elements_x": mesh.nex,
@@ -124,56 +166,93 @@ def describe(setup: Setup) -> dict:
         "n_points": mesh.n_points,
         "element_size_m": [mesh.hx, mesh.hy],
         "absorbing_margin_m": mesh.margin,
-        "min_velocity_m_per_s": setup.min_velocity,
-        "dt": setup.axis.dt,
-        "stable_dt": setup.problem.stable_dt,
-        "n_steps": setup.axis.n_steps,
+        "min_velocity_m_per_s": vmin,
+        "dt": axis.dt,
+        "stable_dt": stable_dt,
+        "n_steps": axis.n_steps,
     }
 
 
-def run_job(spec: JobSpec, forward_only: bool = False) -> dict:
-    """Run the job on one rank, write its products and return the summary."""
-    setup = prepare(spec)
+def _gather_traces(comm, keep: np.ndarray, traces: np.ndarray, n_receivers: int):
+    """Receiver traces ``(R, S)`` in receiver order on rank 0 (None elsewhere)."""
+    parts = comm.gather((keep, traces), root=0)
+    if comm.rank != 0:
+        return None
+    out = np.zeros((n_receivers, traces.shape[1]))
+    seen = np.zeros(n_receivers, dtype=int)
+    for k, t in parts:
+        out[k] = t
+        seen[k] += 1
+    if not (seen == 1).all():
+        raise AssertionError("every receiver must be recorded by exactly one rank")
+    return out
+
+
+def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
+    """Run the job on the ranks of ``comm``; write its products. Collective on comm.
+
+    Returns the summary on rank 0, None elsewhere.
+    """
+    from mpi4py import MPI
+
+    from ..parallel.h5io import block_range, write_mesh_h5_collective
+
+    setup = prepare(spec, comm)
+    root = comm.rank == 0
     out = Path(spec.output)
-    info = describe(setup)
-    log.info("mesh: %d x %d elements of order %d, %d points; dt = %.4g s, %d steps",
-             setup.mesh.nex, setup.mesh.ney, setup.mesh.order, setup.mesh.n_points,
-             setup.axis.dt, setup.axis.n_steps)
-    attrs = {"fwimpi_version": __version__, "nprocs": 1, "job": spec.name,
-             "job_spec": spec.resolved}
-    problem = setup.problem
-    write_mesh_h5(out / "model.h5", setup.mesh.points, setup.mesh.cells, problem.weights,
-                  {"VP": problem.vp, "RHO": problem.rho}, {**attrs, "kind": "model"})
+    mesh, problem, natural = setup.mesh, setup.problem, setup.natural
+    info = describe(mesh, problem.stable_dt, setup.axis, setup.min_velocity)
+    if root:
+        log.info("mesh: %d x %d elements of order %d, %d points on %d rank(s); dt = %.4g s, "
+                 "%d steps", mesh.nex, mesh.ney, mesh.order, mesh.n_points, comm.size,
+                 setup.axis.dt, setup.axis.n_steps)
+    attrs = {"fwimpi_version": __version__, "job": spec.name, "job_spec": spec.resolved}
+    elo, ehi = block_range(mesh.n_elements, comm)
+    write_mesh_h5_collective(
+        comm, out / "model.h5", n_points=mesh.n_points, point_range=(natural.lo, natural.hi),
+        points=mesh.points[natural.lo:natural.hi], mass=natural.to_natural(problem.weights),
+        fields={"VP": natural.to_natural(problem.vp), "RHO": natural.to_natural(problem.rho)},
+        n_elements=mesh.n_elements, element_range=(elo, ehi), cells=mesh.cells[elo:ehi],
+        order=mesh.order, attrs={**attrs, "kind": "model"},
+    )
     summary = {"job": spec.name, "model": "model.h5", "events": {}, "mappings": {},
                "smoothed": {}, "plots": []}
     forward_seconds = 0.0
     for event in spec.events:
         xy = np.array([[r.x, r.y] for r in event.receivers])
+        comm.Barrier()
         keep, traces, seconds = problem.simulate(
             [PointSource(s.x, s.y, s.f) for s in event.sources], xy, setup.axis,
             spec.simulation.wavelet.center_frequency, spec.simulation.wavelet.time_shift_in_seconds,
         )
-        assert np.array_equal(keep, np.arange(len(xy))), "serial run must keep every receiver"
+        seconds = comm.allreduce(seconds, op=MPI.MAX)
         forward_seconds += seconds
-        rate = setup.mesh.n_points * setup.axis.n_steps / seconds / 1e6
+        traces = _gather_traces(comm, keep, traces, len(xy))
+        if not root:
+            continue
+        rate = mesh.n_points * setup.axis.n_steps / seconds / 1e6
         log.info("event %s: forward %.3f s (%.1f M point-updates/s)", event.name, seconds, rate)
         rel = Path("events") / event.name / "receivers.h5"
         data = ReceiverData({"phi": traces}, xy, setup.axis.dt, setup.axis.start_time,
                             tuple(r.station for r in event.receivers))
-        write_receivers_h5(out / rel, {event.name: data}, {**attrs, "kind": "receivers"})
+        write_receivers_h5(out / rel, {event.name: data},
+                           {**attrs, "nprocs": comm.size, "kind": "receivers"})
         entry = {"receivers": str(rel)}
         if spec.misfit is not None:
             entry["misfit"] = _misfit(spec, event.name, traces, setup)
             log.info("event %s: misfit %s = %.6e", event.name, spec.misfit.misfit_function,
                      entry["misfit"])
         summary["events"][event.name] = entry
+    peak = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, op=MPI.MAX)
+    if not root:
+        return None
     if spec.misfit is not None and not forward_only:
         log.warning("gradients, mappings and smoothing are not implemented yet in fwimpi %s: "
                     "computed the receivers and the misfit only", __version__)
     summary["simulation"] = {
-        "ranks": 1, **info,
+        "ranks": comm.size, **info,
         "forward_seconds": forward_seconds, "adjoint_seconds": 0.0,
-        "peak_memory_mb_per_rank": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_memory_mb_per_rank": peak,
     }
     write_json_atomic(out / "summary.json", summary)
     log.info("wrote %s", out / "summary.json")

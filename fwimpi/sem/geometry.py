@@ -75,4 +75,4 @@ def point_weights(order: int, ref: np.ndarray) -> np.ndarray:
     nodes, _ = gll_points_weights(order)
     lx = lagrange_basis(nodes, ref[:, 0])
     ly = lagrange_basis(nodes, ref[:, 1])
-    return (ly[:, :, None] * lx[:, None, :]).reshape(len(ref), -1)
+    return (ly[:, :, None] * lx[:, None, :]).reshape(len(ref), (order + 1) ** 2)

@@ -60,6 +60,8 @@ class LeapfrogStepper:
     """Time stepper for one subdomain. Arrays are ``(P,)`` over its (local) points.
 
     ``mass`` and ``damping`` are the assembled diagonals ``M`` and ``C``; ``dt`` in s.
+    ``assemble(a)`` sums shared-point values across subdomains in place (None: serial);
+    ``work (P,)`` is the array it acts on most cheaply, used for ``K u - f``.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class LeapfrogStepper:
         damping: np.ndarray,
         dt: float,
         assemble: Callable[[np.ndarray], None] | None = None,
+        work: np.ndarray | None = None,
     ):
         self.stiffness = stiffness
         self.dt = float(dt)
@@ -78,6 +81,8 @@ class LeapfrogStepper:
         self.cf = dt**2 / a
         self.assemble = assemble
         self.n_points = len(mass)
+        # the array K u - f accumulates into: the halo exchange's own buffer if it has one
+        self.work = np.zeros(self.n_points) if work is None else work
         self._compile()
 
     def _compile(self) -> None:
@@ -107,7 +112,8 @@ class LeapfrogStepper:
         u_old = np.zeros(self.n_points)
         u = np.zeros(self.n_points)
         u_new = np.zeros(self.n_points)
-        ku = np.zeros(self.n_points)
+        ku = self.work
+        ku[:] = 0.0
         traces = np.zeros((len(receivers), n_steps + 1))
         src_idx = np.ascontiguousarray(sources.indices.ravel())
         src_w = np.ascontiguousarray(sources.weights.ravel())

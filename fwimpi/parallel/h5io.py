@@ -1,0 +1,320 @@
+"""Rank-parallel mesh files: the same bytes of content as ``fwimpi.mesh.files.write_mesh_h5``.
+
+Files hold points in the natural (mesh) order. Each rank owns a contiguous slice of points
+``[lo, hi)`` and of elements ``[elo, ehi)``; the slices tile the ranges in rank order and may be
+empty. Every rank opens the file with ``driver="mpio"``, creates the same datasets (collective
+metadata) and writes or reads its rows with collective transfers. The only extra root attribute
+is ``nprocs``, the number of ranks that wrote the file.
+
+Failure never deadlocks: everything that can fail on one rank alone (shapes, ranges, names,
+attributes, disagreement between ranks) is checked before the file is opened and agreed with an
+``allgather``, so every rank raises the same error. A write is atomic like the serial one: all
+ranks write root's ``.<name>.tmp<pid>``; after the collective close the ranks agree on success,
+then rank 0 writes the XDMF sidecar and renames the file, or removes the temporary file.
+
+h5py quirk: ``dset[lo:hi] = a`` (and ``dset[lo:hi]``) returns without calling HDF5 when the
+selection is empty, so a rank with an empty slice would skip a collective transfer and hang the
+others. Rows therefore move through the low-level API with an explicit collective transfer
+property list and a "none" selection for empty slices.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from fwimpi.errors import FwimpiError
+from fwimpi.mesh.files import (
+    _MESH_RESERVED,
+    MESH_FORMAT,
+    FileFormatError,
+    atomic_path,
+    decode_attrs,
+    encode_attrs,
+    mesh_layout,
+    quads_from_cells,
+    temp_path,
+    xdmf_text,
+)
+
+_RESERVED = _MESH_RESERVED + ("nprocs",)
+
+
+class CollectiveIOError(FwimpiError, OSError):
+    """A collective read or write failed on at least one rank (raised on every rank)."""
+
+
+def block_range(n: int, comm) -> tuple[int, int]:
+    """This rank's slice ``[lo, hi)`` of ``n`` items split in contiguous blocks over ``comm``.
+
+    Rank r gets ``n // size`` items, plus one for ``r < n % size``: PETSc's default layout
+    (``PETSC_DECIDE``). No communication.
+    """
+    if n < 0:
+        raise ValueError(f"block_range: n must be >= 0, got {n}")
+    q, r = divmod(n, comm.size)
+    lo = comm.rank * q + min(comm.rank, r)
+    return lo, lo + q + (comm.rank < r)
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def _agree(comm, error: BaseException | None, what: str, cls: type[FwimpiError]) -> None:
+    """Collective on comm: if any rank passes an error, raise ``cls`` naming them on all ranks."""
+    errors = comm.allgather(None if error is None else f"{type(error).__name__}: {error}")
+    by_message: dict[str, list[int]] = {}
+    for rank, msg in enumerate(errors):
+        if msg is not None:
+            by_message.setdefault(msg, []).append(rank)
+    if by_message:
+        raise cls(f"{what} failed on {sum(map(len, by_message.values()))} of {comm.size} "
+                  "rank(s): " + "; ".join(f"rank {','.join(map(str, ranks))}: {msg}"
+                                          for msg, ranks in by_message.items())) from error
+
+
+def _check_tiling(what: str, ranges, n: int) -> None:
+    """Raise FileFormatError unless ``ranges`` (one per rank) tile ``[0, n)`` in rank order."""
+    stops = [0] + [hi for _, hi in ranges]
+    if any(lo != stop or hi < lo for (lo, hi), stop in zip(ranges, stops)) or stops[-1] != n:
+        raise FileFormatError(
+            f"{what}: ranges {[tuple(r) for r in ranges]} must tile [0, {n}) in rank order "
+            "(use block_range)"
+        )
+
+
+# --------------------------------------------------------------------------- HDF5 rows
+
+
+def _open(comm, path, mode: str) -> h5py.File:
+    if h5py.get_config().mpi:
+        return h5py.File(path, mode, driver="mpio", comm=comm)
+    return h5py.File(path, mode)  # comm.size == 1, checked by _check_driver
+
+
+def _check_driver(comm) -> None:
+    if comm.size > 1 and not h5py.get_config().mpi:
+        raise FwimpiError(
+            f"h5py was loaded without MPI but comm has {comm.size} ranks: Debian's h5py picks "
+            "its MPI build only if OMPI_COMM_WORLD_SIZE, MPI_LOCALNRANKS or H5PY_ALWAYS_USE_MPI "
+            "is set; set H5PY_ALWAYS_USE_MPI=1 (e.g. under srun)"
+        )
+
+
+def _collective_dxpl():
+    """Collective transfer property list, or None (default) without MPI."""
+    if not h5py.get_config().mpi:
+        return None
+    dxpl = h5py.h5p.create(h5py.h5p.DATASET_XFER)
+    dxpl.set_dxpl_mpio(h5py.h5fd.MPIO_COLLECTIVE)
+    return dxpl
+
+
+def _spaces(dset: h5py.Dataset, start: int, shape: tuple[int, ...]):
+    """Memory and file dataspaces of rows ``[start, start + shape[0])``; none if empty."""
+    mspace = h5py.h5s.create_simple(shape)
+    fspace = dset.id.get_space()
+    if np.prod(shape, dtype=np.int64) > 0:
+        fspace.select_hyperslab((start,) + (0,) * (len(shape) - 1), shape)
+    else:  # still take part in the collective transfer
+        mspace.select_none()
+        fspace.select_none()
+    return mspace, fspace
+
+
+def _write_rows(dset: h5py.Dataset, start: int, arr: np.ndarray, dxpl) -> None:
+    dset.id.write(*_spaces(dset, start, arr.shape), arr, dxpl=dxpl)
+
+
+def _read_rows(dset: h5py.Dataset, start: int, stop: int, dxpl) -> np.ndarray:
+    arr = np.empty((stop - start,) + dset.shape[1:], dtype=dset.dtype)
+    dset.id.read(*_spaces(dset, start, arr.shape), arr, dxpl=dxpl)
+    return arr
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def _rows(what: str, value, shape: tuple[int, ...], dtype) -> np.ndarray:
+    arr = np.ascontiguousarray(value, dtype=dtype)
+    if arr.shape != shape:
+        raise FileFormatError(f"{what}: expected this rank's shape {shape}, got {arr.shape}")
+    return arr
+
+
+def _local_slices(comm, n_points, ranges, points, mass, fields, n_elements, cells, order, attrs):
+    """Validated ``dataset -> (first row, rows)`` of this rank, layout and root attributes."""
+    _check_driver(comm)
+    if not (isinstance(order, (int, np.integer)) and order >= 1):
+        raise FileFormatError(f"order: must be an integer >= 1, got {order!r}")
+    (lo, hi), (elo, ehi) = ranges
+    if not (0 <= lo <= hi <= n_points and 0 <= elo <= ehi <= n_elements):
+        raise FileFormatError(
+            f"point_range {(lo, hi)}, element_range {(elo, ehi)}: must satisfy "
+            f"0 <= lo <= hi <= n_points={n_points}, 0 <= elo <= ehi <= n_elements={n_elements}"
+        )
+    if "mass" in fields:
+        raise FileFormatError("field name 'mass': reserved for /mesh/mass, rename the field")
+    layout = mesh_layout(n_points, n_elements, order, fields)  # checks field names
+    np_, ne = hi - lo, ehi - elo
+    cells = _rows("/mesh/cells", cells, (ne, (order + 1) ** 2), np.int64)
+    if cells.size and (cells.min() < 0 or cells.max() >= n_points):
+        raise FileFormatError(
+            f"/mesh/cells: indices must lie in [0, {n_points}), got {cells.min()}..{cells.max()}"
+        )
+    slices = {
+        "mesh/points": (lo, _rows("/mesh/points", points, (np_, 2), np.float64)),
+        "mesh/cells": (elo, cells),
+        "mesh/quads": (elo * order * order, quads_from_cells(cells, order)),
+        "mesh/mass": (lo, _rows("/mesh/mass", mass, (np_,), np.float64)),
+    }
+    for name, value in fields.items():
+        slices[f"fields/{name}"] = (lo, _rows(f"/fields/{name}", value, (np_,), np.float64))
+    root = encode_attrs(attrs, _RESERVED) | {
+        "order": int(order), "format": MESH_FORMAT, "nprocs": comm.size}
+    return slices, layout, root
+
+
+def write_mesh_h5_collective(
+    comm,
+    path: str | os.PathLike,
+    *,
+    n_points: int,
+    point_range: tuple[int, int],
+    points: np.ndarray,
+    mass: np.ndarray,
+    fields: Mapping[str, np.ndarray],
+    n_elements: int,
+    element_range: tuple[int, int],
+    cells: np.ndarray,
+    order: int,
+    attrs: Mapping,
+) -> None:
+    """Write a mesh file and its ``.xdmf`` sidecar from slices, atomically. Collective on comm.
+
+    Same file as ``write_mesh_h5`` of the gathered arrays, whatever the number of ranks, plus
+    the root attribute ``nprocs = comm.size``. This rank gives points ``(hi-lo, 2)``, mass and
+    each field ``(hi-lo,)`` for ``point_range = (lo, hi)``, and cells ``(ehi-elo, (order+1)**2)``
+    int global point indices for ``element_range = (elo, ehi)``. All ranks pass the same
+    ``n_points``, ``n_elements``, ``order``, field names (same order) and ``attrs``.
+    Raises FileFormatError on every rank if any rank's input is wrong (nothing is written),
+    CollectiveIOError on every rank if writing failed (no target, temporary file removed).
+    """
+    path = Path(path)
+    what = f"write_mesh_h5_collective({path})"
+    error = header = None
+    try:
+        ranges = (tuple(map(int, point_range)), tuple(map(int, element_range)))
+        slices, layout, root = _local_slices(comm, n_points, ranges, points, mass, fields,
+                                             n_elements, cells, order, attrs)
+        header = repr((int(n_points), int(n_elements), int(order), list(fields), sorted(root.items())))
+        if comm.rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    except Exception as exc:  # noqa: BLE001 - agreed below, raised on every rank
+        error = exc
+    gathered = comm.allgather(None if error else (ranges, header))
+    if None not in gathered:  # the same checks on the same data: the same result everywhere
+        try:
+            _check_tiling("point_range", [g[0][0] for g in gathered], n_points)
+            _check_tiling("element_range", [g[0][1] for g in gathered], n_elements)
+            if len({g[1] for g in gathered}) > 1:
+                raise FileFormatError(
+                    "n_points, n_elements, order, field names (in order) and attrs must be the "
+                    f"same on every rank; per rank: {[g[1] for g in gathered]}"
+                )
+        except FileFormatError as exc:
+            error = exc
+    _agree(comm, error, what, FileFormatError)
+
+    tmp = temp_path(path, pid=comm.bcast(os.getpid() if comm.rank == 0 else None, root=0))
+    try:
+        with _open(comm, tmp, "w") as f:
+            f.attrs.update(root)
+            f.create_group("fields")
+            for name, (shape, dtype) in layout.items():
+                f.create_dataset(name, shape=shape, dtype=dtype)
+            dxpl = _collective_dxpl()
+            for name, (start, arr) in slices.items():
+                _write_rows(f[name], start, arr, dxpl)
+    except Exception as exc:  # noqa: BLE001
+        error = exc
+    failed = any(comm.allgather(error is not None))  # after the collective close: a barrier
+    if comm.rank == 0:
+        try:
+            if failed:
+                tmp.unlink(missing_ok=True)
+            else:
+                text = xdmf_text(path.name, n_points, n_elements * order * order, fields)
+                with atomic_path(path.with_suffix(".xdmf")) as tmp_xdmf:
+                    tmp_xdmf.write_text(text, encoding="utf-8")
+                os.replace(tmp, path)
+        except Exception as exc:  # noqa: BLE001
+            tmp.unlink(missing_ok=True)
+            error = error or exc
+    _agree(comm, error, what, CollectiveIOError)
+
+
+# --------------------------------------------------------------------------- reader
+
+
+def read_mesh_h5_collective(
+    comm,
+    path: str | os.PathLike,
+    point_range: tuple[int, int],
+    element_range: tuple[int, int] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+    """This rank's slices of a mesh file's fields and mass. Collective on comm.
+
+    Returns ``(fields name -> (hi-lo,), mass (hi-lo,), root attributes)`` for
+    ``point_range = (lo, hi)``; the attributes are decoded (JSON ones too) and include
+    ``format``, ``order`` and ``nprocs`` (the writer's rank count, any may read). The ranges
+    must tile the file's points (and, if given, ``element_range`` its elements) in rank order,
+    else FileFormatError on every rank, as for a wrong format tag.
+    """
+    path = Path(path)
+    what = f"read_mesh_h5_collective({path})"
+    error = f = mine = None
+    try:
+        mine = (tuple(map(int, point_range)),
+                None if element_range is None else tuple(map(int, element_range)))
+        _check_driver(comm)
+        f = _open(comm, path, "r")
+        attrs = decode_attrs(f.attrs)
+        if attrs.get("format") != MESH_FORMAT:
+            raise FileFormatError(
+                f"format {attrs.get('format')!r}, expected {MESH_FORMAT!r}: not a mesh file")
+        n_points, n_elements = len(f["mesh/mass"]), len(f["mesh/cells"])
+        names = list(f["fields"])
+        for name in names:
+            if f["fields"][name].shape != (n_points,):
+                raise FileFormatError(f"/fields/{name}: shape {f['fields'][name].shape}, "
+                                      f"expected ({n_points},)")
+    except Exception as exc:  # noqa: BLE001 - agreed below, raised on every rank
+        error = exc
+    gathered = comm.allgather(mine)
+    if error is None and None not in gathered:  # same checks, same data on every rank
+        try:
+            _check_tiling(f"point_range ({path.name} has {n_points} points)",
+                          [g[0] for g in gathered], n_points)
+            if element_range is not None:
+                _check_tiling(f"element_range ({path.name} has {n_elements} elements)",
+                              [g[1] for g in gathered], n_elements)
+        except FileFormatError as exc:
+            error = exc
+    try:
+        _agree(comm, error, what, FileFormatError)
+        (lo, hi), dxpl = mine[0], _collective_dxpl()
+        try:
+            mass = _read_rows(f["mesh/mass"], lo, hi, dxpl)
+            fields = {name: _read_rows(f["fields"][name], lo, hi, dxpl) for name in names}
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+    finally:
+        if f is not None:  # collective close (the open is collective: all or none have f)
+            f.close()
+    _agree(comm, error, what, CollectiveIOError)
+    return fields, mass, attrs

@@ -1,0 +1,95 @@
+"""Real MPI runs (mpirun --oversubscribe): identical products on 1, 2, 3 and 4 ranks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from test_cli import SMALL_JOB
+
+HERE = Path(__file__).parent
+MPIRUN = shutil.which("mpirun")
+pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed")
+
+JOB = SMALL_JOB.replace("end_time_in_seconds: 0.6", "end_time_in_seconds: 0.5").replace(
+    "{linspace: [100.0, 900.0, 5]}", "{linspace: [0.0, 1000.0, 11]}").replace(
+    "y: 0.0, fields", "y: -250.0, fields")  # receivers on element edges and rank interfaces
+
+
+def mpirun(n: int, *argv, timeout=180):
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    cmd = [MPIRUN, "-n", str(n), "--oversubscribe", sys.executable, "-m", "mpi4py", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The small job run by ``fwimpi exec`` on 1, 2, 3 and 4 ranks."""
+    out = {}
+    for n in (1, 2, 3, 4):
+        folder = tmp_path_factory.mktemp(f"np{n}")
+        (folder / "job.yaml").write_text(JOB)
+        proc = mpirun(n, "-m", "fwimpi.cli", "exec", str(folder / "job.yaml"))
+        assert proc.returncode == 0, proc.stderr
+        out[n] = folder / "out"
+    return out
+
+
+def read(path: Path, name: str) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f[name][...]
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_receivers_equal_the_one_rank_run(runs, n):
+    ref = read(runs[1] / "events/ev1/receivers.h5", "ev1/phi")
+    got = read(runs[n] / "events/ev1/receivers.h5", "ev1/phi")
+    assert ref.shape == got.shape and np.abs(ref).max() > 0
+    assert np.linalg.norm(got - ref) <= 1e-12 * np.linalg.norm(ref)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_model_file_equals_the_one_rank_file(runs, n):
+    for name in ("/mesh/points", "/mesh/cells", "/mesh/quads", "/fields/VP", "/fields/RHO"):
+        assert np.array_equal(read(runs[1] / "model.h5", name), read(runs[n] / "model.h5", name)), name
+    ref, got = read(runs[1] / "model.h5", "/mesh/mass"), read(runs[n] / "model.h5", "/mesh/mass")
+    assert np.allclose(got, ref, rtol=1e-13, atol=0)
+    with h5py.File(runs[n] / "model.h5", "r") as f:
+        assert f.attrs["nprocs"] == n and "job_spec" in f.attrs and "fwimpi_version" in f.attrs
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_summary_reports_ranks_and_misfit(runs, n):
+    summary = json.loads((runs[n] / "summary.json").read_text())
+    assert summary["simulation"]["ranks"] == n
+    ref = json.loads((runs[1] / "summary.json").read_text())["events"]["ev1"]["misfit"]
+    assert np.isclose(summary["events"]["ev1"]["misfit"], ref, rtol=1e-12)
+
+
+def test_run_launches_mpirun_itself(tmp_path):
+    (tmp_path / "job.yaml").write_text(JOB.replace("ranks_per_job: 1", "ranks_per_job: 3"))
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    proc = subprocess.run([sys.executable, "-m", "fwimpi.cli", "run", str(tmp_path / "job.yaml")],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "out/summary.json").read_text())["simulation"]["ranks"] == 3
+
+
+def test_a_rank_raising_mid_run_ends_the_job_quickly_without_partial_files(tmp_path):
+    (tmp_path / "job.yaml").write_text(JOB)
+    start = time.monotonic()
+    proc = mpirun(3, str(HERE / "mpi" / "raise_mid_run.py"), str(tmp_path / "job.yaml"), timeout=120)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert "injected failure at step 50" in proc.stderr
+    assert elapsed < 60
+    out = tmp_path / "out"
+    assert not (out / "summary.json").exists() and not (out / "events").exists()
+    assert not list(out.rglob(".*tmp*"))  # no temp files left behind
