@@ -89,7 +89,7 @@ class ForwardProblem:
         self.geometry = mesh.geometry(self.elements)
         m0 = 1.0 / (self.rho * self.vp**2)
         m1 = 1.0 / self.rho
-        self.stiffness = AcousticStiffness(self.geometry, self.ibool, m1[self.ibool])
+        self.stiffness = AcousticStiffness(self.geometry, self.ibool, m1)
         self.weights = assembled_sum(self.ibool, self.geometry.jw, len(self.points))
         assemble(self.weights)  # w: assembled quadrature weights (lumped unit mass), m^2
         self.mass = m0 * self.weights

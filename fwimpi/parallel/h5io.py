@@ -211,7 +211,8 @@ def write_mesh_h5_collective(
         ranges = (tuple(map(int, point_range)), tuple(map(int, element_range)))
         slices, layout, root = _local_slices(comm, n_points, ranges, points, mass, fields,
                                              n_elements, cells, order, attrs)
-        header = repr((int(n_points), int(n_elements), int(order), list(fields), sorted(root.items())))
+        header = repr((int(n_points), int(n_elements), int(order), list(fields),
+                       sorted(root.items())))
         if comm.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
     except Exception as exc:  # noqa: BLE001 - agreed below, raised on every rank

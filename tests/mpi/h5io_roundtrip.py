@@ -24,7 +24,7 @@ ATTRS = {"kind": "model", "misfit": 1.25, "n_steps": 3, "smoothed": False,
 
 
 def build_mesh():
-    """Points (P, 2), cells (E, (N+1)**2), mass (P,), fields of a 5 x 3 order-3 grid (numpy only)."""
+    """Points (P, 2), cells (E, (N+1)**2), mass (P,), fields: 5 x 3 elements of order 3."""
     gx, gy = NX * ORDER + 1, NY * ORDER + 1
     x, y = np.meshgrid(np.linspace(0.0, 5.0, gx), np.linspace(-3.0, 0.0, gy))
     points = np.column_stack([x.ravel(), y.ravel()])  # global index ix + gx * iy
