@@ -28,10 +28,13 @@ fi
 
 stamp=.venv/.fwimpi-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  numpy_version=$(/usr/bin/python3 -c 'import numpy; print(numpy.__version__)')
   constraints=$(mktemp)
-  echo "numpy==$numpy_version" > "$constraints"
-  echo "setup: pip install -e .[test] (numpy pinned to Debian's $numpy_version)"
+  /usr/bin/python3 - > "$constraints" <<'PY'
+import h5py, mpi4py, numpy, scipy
+for m in (numpy, scipy, h5py, mpi4py):
+    print(f"{m.__name__}=={m.__version__}")
+PY
+  echo "setup: pip install -e .[test] (pinned to Debian's: $(tr '\n' ' ' < "$constraints"))"
   .venv/bin/pip install -q --disable-pip-version-check -c "$constraints" -e ".[test]"
   rm -f "$constraints"
   touch "$stamp"
