@@ -73,6 +73,7 @@ def _rectangle_kernels(n: int):
     def add_stiffness(u, ibool, d, m1, g11, g22, out):
         """``out += K u``; u, m1, out ``(P,)``; ibool ``(n_blocks, n, n, BLOCK)``."""
         ul = np.empty((n, n, nb))
+        ml = np.empty((n, n, nb))
         f1 = np.empty((n, n, nb))
         f2 = np.empty((n, n, nb))
         r = np.empty((n, n, nb))
@@ -80,7 +81,9 @@ def _rectangle_kernels(n: int):
             for j in range(n):
                 for i in range(n):
                     for b in range(nb):
-                        ul[j, i, b] = u[ibool[blk, j, i, b]]
+                        p = ibool[blk, j, i, b]
+                        ul[j, i, b] = u[p]
+                        ml[j, i, b] = m1[p]
             for j in range(n):
                 for i in range(n):
                     for b in range(nb):
@@ -89,9 +92,8 @@ def _rectangle_kernels(n: int):
                         for k in range(n):
                             uxi += d[i, k] * ul[j, k, b]
                             ueta += d[j, k] * ul[k, i, b]
-                        m = m1[ibool[blk, j, i, b]]
-                        f1[j, i, b] = m * g11[j, i] * uxi
-                        f2[j, i, b] = m * g22[j, i] * ueta
+                        f1[j, i, b] = ml[j, i, b] * g11[j, i] * uxi
+                        f2[j, i, b] = ml[j, i, b] * g22[j, i] * ueta
             for j in range(n):
                 for i in range(n):
                     for b in range(nb):
