@@ -109,6 +109,99 @@ def _rectangle_kernels(n: int):
     return add_stiffness
 
 
+@lru_cache(maxsize=None)
+def _rectangle_gradient_kernels(n: int):
+    """Fused adjoint kernel for identical rectangles: ``out += K v`` and, per point,
+    ``acc += sum over its element points of g11 v_xi u_xi + g22 v_eta u_eta`` (the m1
+    kernel ``grad v . grad u`` with quadrature weights), sharing the gather of ``v``."""
+    nb = BLOCK
+
+    @numba.njit(cache=True, fastmath=True, boundscheck=False)
+    def add(v, u, ibool, d, m1, g11, g22, out, acc):
+        vl = np.empty((n, n, nb))
+        ul = np.empty((n, n, nb))
+        ml = np.empty((n, n, nb))
+        f1 = np.empty((n, n, nb))
+        f2 = np.empty((n, n, nb))
+        gp = np.empty((n, n, nb))
+        r = np.empty((n, n, nb))
+        for blk in range(ibool.shape[0]):
+            for j in range(n):
+                for i in range(n):
+                    for b in range(nb):
+                        p = ibool[blk, j, i, b]
+                        vl[j, i, b] = v[p]
+                        ul[j, i, b] = u[p]
+                        ml[j, i, b] = m1[p]
+            for j in range(n):
+                for i in range(n):
+                    for b in range(nb):
+                        vxi = 0.0
+                        veta = 0.0
+                        uxi = 0.0
+                        ueta = 0.0
+                        for k in range(n):
+                            vxi += d[i, k] * vl[j, k, b]
+                            veta += d[j, k] * vl[k, i, b]
+                            uxi += d[i, k] * ul[j, k, b]
+                            ueta += d[j, k] * ul[k, i, b]
+                        a11 = g11[j, i] * vxi
+                        a22 = g22[j, i] * veta
+                        f1[j, i, b] = ml[j, i, b] * a11
+                        f2[j, i, b] = ml[j, i, b] * a22
+                        gp[j, i, b] = a11 * uxi + a22 * ueta
+            for j in range(n):
+                for i in range(n):
+                    for b in range(nb):
+                        s = 0.0
+                        for k in range(n):
+                            s += d[k, i] * f1[j, k, b] + d[k, j] * f2[k, i, b]
+                        r[j, i, b] = s
+            for j in range(n):
+                for i in range(n):
+                    for b in range(nb):
+                        p = ibool[blk, j, i, b]
+                        out[p] += r[j, i, b]
+                        acc[p] += gp[j, i, b]
+
+    return add
+
+
+@lru_cache(maxsize=None)
+def _gradient_product_kernels(n: int):
+    """General geometry: ``acc += g11 v_xi u_xi + g12 (v_xi u_eta + v_eta u_xi) +
+    g22 v_eta u_eta`` summed into the points (blocked layout, like ``_kernels``)."""
+    nb = BLOCK
+
+    @numba.njit(cache=True, fastmath=True, boundscheck=False)
+    def add(v, u, ibool, d, g11, g12, g22, acc):
+        vl = np.empty((n, n, nb))
+        ul = np.empty((n, n, nb))
+        for blk in range(ibool.shape[0]):
+            for j in range(n):
+                for i in range(n):
+                    for b in range(nb):
+                        vl[j, i, b] = v[ibool[blk, j, i, b]]
+                        ul[j, i, b] = u[ibool[blk, j, i, b]]
+            for j in range(n):
+                for i in range(n):
+                    for b in range(nb):
+                        vxi = 0.0
+                        veta = 0.0
+                        uxi = 0.0
+                        ueta = 0.0
+                        for k in range(n):
+                            vxi += d[i, k] * vl[j, k, b]
+                            veta += d[j, k] * vl[k, i, b]
+                            uxi += d[i, k] * ul[j, k, b]
+                            ueta += d[j, k] * ul[k, i, b]
+                        acc[ibool[blk, j, i, b]] += (
+                            g11[blk, j, i, b] * vxi * uxi + g22[blk, j, i, b] * veta * ueta
+                            + g12[blk, j, i, b] * (vxi * ueta + veta * uxi))
+
+    return add
+
+
 def to_blocks(a: np.ndarray, fill=0) -> np.ndarray:
     """Element-point array ``(E, n, n)`` -> blocked ``(ceil(E/BLOCK), n, n, BLOCK)``.
 
@@ -119,12 +212,6 @@ def to_blocks(a: np.ndarray, fill=0) -> np.ndarray:
     padded = np.full((nblocks * BLOCK, n, n), fill, dtype=a.dtype)
     padded[:e] = a
     return np.ascontiguousarray(padded.reshape(nblocks, BLOCK, n, n).transpose(0, 2, 3, 1))
-
-
-@numba.njit(cache=True)
-def _scatter_add(out, idx, w, value):
-    for k in range(idx.shape[0]):
-        out[idx[k]] += w[k] * value
 
 
 class AcousticStiffness:
@@ -149,6 +236,7 @@ class AcousticStiffness:
         self.rectangles = not general and len(ibool) > 0 and all(
             np.allclose(a, a[0], rtol=1e-13, atol=0) for a in (g[0], g[2])
         ) and np.abs(g[1]).max() <= 1e-13 * scale  # g12 of a rectangle is round-off
+        self._n = n
         if self.rectangles:
             self._args = (self.d, np.ascontiguousarray(m1, dtype=float),
                           np.ascontiguousarray(g[0][0]), np.ascontiguousarray(g[2][0]))
@@ -157,10 +245,25 @@ class AcousticStiffness:
             m1_elem = np.asarray(m1, dtype=float)[ibool]
             self._args = (self.d, *(to_blocks(m1_elem * a) for a in g))
             self._kernel = _kernels(n)
+            self._geometry = g  # unblocked; blocked on first use by add_with_gradient
 
     def add(self, u: np.ndarray, out: np.ndarray) -> None:
         """``out += K u`` in place (``(P,)`` arrays; unassembled across ranks)."""
         self._kernel(u, self.ibool, *self._args, out)
+
+    def add_with_gradient(self, v: np.ndarray, u: np.ndarray, out: np.ndarray,
+                          acc: np.ndarray) -> None:
+        """``out += K v`` and ``acc += dK/dm1 (v, u)``: per point i, ``v^T (dK/dm1_i) u``,
+        the quadrature-weighted ``grad v . grad u`` summed over the element points at i
+        (unassembled across ranks)."""
+        if self.rectangles:
+            d, m1, g11, g22 = self._args
+            _rectangle_gradient_kernels(self._n)(v, u, self.ibool, d, m1, g11, g22, out, acc)
+            return
+        if not hasattr(self, "_blocked_geometry"):
+            self._blocked_geometry = tuple(to_blocks(np.asarray(a)) for a in self._geometry)
+        self.add(v, out)
+        _gradient_product_kernels(self._n)(v, u, self.ibool, self.d, *self._blocked_geometry, acc)
 
     def apply(self, u: np.ndarray) -> np.ndarray:
         """``K u`` as a new array."""
@@ -172,8 +275,3 @@ class AcousticStiffness:
 def assembled_sum(ibool: np.ndarray, values_elem: np.ndarray, n_points: int) -> np.ndarray:
     """Sum element-point values ``(E, n, n)`` into points ``(n_points,)``."""
     return np.bincount(ibool.ravel(), weights=values_elem.ravel(), minlength=n_points)
-
-
-def scatter_add(out: np.ndarray, idx: np.ndarray, weights: np.ndarray, value: float) -> None:
-    """``out[idx] += weights * value`` for point-source injection (compiled, no temporaries)."""
-    _scatter_add(out, idx, weights, value)

@@ -16,7 +16,7 @@ from typing import Callable
 import numba
 import numpy as np
 
-from .operators import AcousticStiffness, scatter_add
+from .operators import AcousticStiffness
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,6 @@ class PointSampling:
 
     indices: np.ndarray
     weights: np.ndarray
-
-    @staticmethod
-    def empty(k: int = 1) -> "PointSampling":
-        return PointSampling(np.zeros((0, k), dtype=np.int64), np.zeros((0, k)))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -51,9 +47,37 @@ def _sample(u, idx, w, out, n):
         out[r, n] = s
 
 
+@numba.njit(cache=True)
+def _inject(out, idx, w, signals, n):
+    """``out -= sum_s w_s signals[s, n]`` at the rows' points (``f`` enters as ``K u - f``)."""
+    for r in range(idx.shape[0]):
+        a = signals[r, n]
+        for k in range(idx.shape[1]):
+            out[idx[r, k]] -= w[r, k] * a
+
+
+@numba.njit(cache=True, fastmath=True)
+def _accumulate_m0(g0, u, v_new, v, v_old, half_dt_d):
+    """``g0 += u * ((v_new - 2 v + v_old) + dt/2 d (v_new - v_old))`` (the m0 kernel)."""
+    for i in range(g0.shape[0]):
+        g0[i] += u[i] * ((v_new[i] - 2.0 * v[i] + v_old[i]) + half_dt_d[i] * (v_new[i] - v_old[i]))
+
+
 def sample(u: np.ndarray, sampling: PointSampling) -> np.ndarray:
     """Values ``(R,)`` of the field ``u (P,)`` at the sampled points."""
     return np.einsum("rk,rk->r", sampling.weights, u[sampling.indices])
+
+
+@dataclass
+class State:
+    """Leapfrog state: ``u = u[n]``, ``u_old = u[n-1]`` (``(P,)`` each) at step ``n``."""
+
+    n: int
+    u: np.ndarray
+    u_old: np.ndarray
+
+    def copy(self) -> "State":
+        return State(self.n, self.u.copy(), self.u_old.copy())
 
 
 class LeapfrogStepper:
@@ -62,6 +86,8 @@ class LeapfrogStepper:
     ``mass`` and ``damping`` are the assembled diagonals ``M`` and ``C``; ``dt`` in s.
     ``assemble(a)`` sums shared-point values across subdomains in place (None: serial);
     ``work (P,)`` is the array it acts on most cheaply, used for ``K u - f``.
+    Sources are rows of a ``PointSampling`` with one signal each, ``signals (S, >= n)``
+    sampled at the steps (``f[n]`` at ``t_n``).
     """
 
     def __init__(
@@ -79,6 +105,8 @@ class LeapfrogStepper:
         self.cu = 2.0 * mass / a
         self.co = -(mass - 0.5 * dt * damping) / a
         self.cf = dt**2 / a
+        self.half_dt_d = 0.5 * dt * np.divide(damping, mass, out=np.zeros_like(mass),
+                                              where=mass > 0)
         self.assemble = assemble
         self.n_points = len(mass)
         # the array K u - f accumulates into: the halo exchange's own buffer if it has one
@@ -87,11 +115,54 @@ class LeapfrogStepper:
 
     def _compile(self) -> None:
         """Compile (or load from numba's cache) every kernel of the loop, outside of it."""
-        one, idx = np.zeros(1), np.zeros((1, 1), dtype=np.int64)
+        one, idx, w = np.zeros(1), np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1))
         _update(one, one, one.copy(), one, one, one, one.copy())
-        _sample(one, idx, np.zeros((1, 1)), np.zeros((1, 1)), 0)
-        scatter_add(one, idx[0], one, 0.0)
+        _sample(one, idx, w, np.zeros((1, 1)), 0)
+        _inject(one, idx, w, w, 0)
+        _accumulate_m0(one.copy(), one, one, one, one, one)
         self.stiffness.add(np.zeros(self.n_points), np.zeros(self.n_points))
+
+    def initial_state(self) -> State:
+        """Rest: ``u[0] = u[-1] = 0``."""
+        return State(0, np.zeros(self.n_points), np.zeros(self.n_points))
+
+    def advance(
+        self,
+        state: State,
+        n_end: int,
+        sources: PointSampling,
+        signals: np.ndarray,
+        receivers: PointSampling | None = None,
+        traces: np.ndarray | None = None,
+        on_step: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    ) -> State:
+        """Step ``state`` from its step n to ``n_end`` (updates and returns it).
+
+        Records ``traces[:, k]`` (``(R, >= n_end + 1)``) for k = n+1..n_end if given, and
+        calls ``on_step(k, u[k], u[k-1])`` after each step.
+        """
+        if signals.ndim != 2 or signals.shape[0] != len(sources) or signals.shape[1] < n_end:
+            raise ValueError(f"signals must be (n_sources={len(sources)}, >= {n_end}), "
+                             f"got {signals.shape}")
+        u_old, u = state.u_old, state.u
+        u_new = np.empty_like(u)
+        ku = self.work
+        ku[:] = 0.0
+        src_idx, src_w = sources.indices, sources.weights
+        record = receivers is not None and traces is not None
+        for n in range(state.n, n_end):
+            self.stiffness.add(u, ku)
+            _inject(ku, src_idx, src_w, signals, n)
+            if self.assemble is not None:
+                self.assemble(ku)
+            _update(u, u_old, ku, self.cu, self.co, self.cf, u_new)
+            u_old, u, u_new = u, u_new, u_old
+            if record:
+                _sample(u, receivers.indices, receivers.weights, traces, n + 1)
+            if on_step is not None:
+                on_step(n + 1, u, u_old)
+        state.u, state.u_old, state.n = u, u_old, n_end
+        return state
 
     def run(
         self,
@@ -103,34 +174,66 @@ class LeapfrogStepper:
     ) -> np.ndarray:
         """Step ``n_steps`` times from rest; return receiver traces ``(R, n_steps + 1)``.
 
-        ``sources`` has one row per source with the source amplitude folded into its
-        weights; ``signal (n_steps,)`` is the common source time function at ``t_n``.
-        ``on_step(n, u[n], u[n-1])`` (optional) is called after each step n = 1..n_steps.
+        ``signal`` is ``(n_steps,)`` (one source time function for every source row) or
+        ``(S, n_steps)``; ``on_step(n, u[n], u[n-1])`` is called after each step.
         """
-        if len(signal) < n_steps:
-            raise ValueError(f"signal has {len(signal)} samples, need {n_steps}")
-        u_old = np.zeros(self.n_points)
-        u = np.zeros(self.n_points)
-        u_new = np.zeros(self.n_points)
-        ku = self.work
-        ku[:] = 0.0
+        signals = np.atleast_2d(np.asarray(signal, dtype=float))
+        if signals.shape[0] == 1 and len(sources) != 1:
+            signals = np.repeat(signals, len(sources), axis=0)
         traces = np.zeros((len(receivers), n_steps + 1))
-        src_idx = np.ascontiguousarray(sources.indices.ravel())
-        src_w = np.ascontiguousarray(sources.weights.ravel())
-        rec_idx = np.ascontiguousarray(receivers.indices)
-        rec_w = np.ascontiguousarray(receivers.weights)
-        _sample(u, rec_idx, rec_w, traces, 0)
-        for n in range(n_steps):
-            self.stiffness.add(u, ku)
-            scatter_add(ku, src_idx, src_w, -signal[n])
-            if self.assemble is not None:
-                self.assemble(ku)
-            _update(u, u_old, ku, self.cu, self.co, self.cf, u_new)
-            u_old, u, u_new = u, u_new, u_old
-            _sample(u, rec_idx, rec_w, traces, n + 1)
-            if on_step is not None:
-                on_step(n + 1, u, u_old)
+        self.advance(self.initial_state(), n_steps, sources, signals, receivers, traces, on_step)
         return traces
+
+    def adjoint(
+        self,
+        n_steps: int,
+        receivers: PointSampling,
+        adjoint_sources: np.ndarray,
+        forward: Callable[[int], np.ndarray],
+        record: PointSampling | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Discrete adjoint of ``run`` and the model kernels: ``(g0, g1, lam)``.
+
+        ``adjoint_sources (R, n_steps + 1)`` is ``dJ/du_r[n]``; ``forward(m)`` returns the
+        forward field ``u[m]`` (``(P,)``, exact or interpolated). The adjoint of the
+        recurrence is the same stepper run backward: with ``l[n]`` the multiplier of
+        step n scaled by ``dt^2`` (so that the injection is the forward one),
+        ``l[k-1]`` follows from ``l[k]``, ``l[k+1]`` and the receivers injecting
+        ``dJ/du[k]``. Summation by parts moves the time differences onto ``l``, so each
+        step needs ``u[m]`` alone:
+
+            g0 = sum_m u[m] ((l[m-1] - 2 l[m] + l[m+1]) + dt/2 d (l[m-1] - l[m+1]))
+            g1 = sum_m (grad l[m] . grad u[m])   (quadrature-weighted, per point)
+
+        and ``dJ/dm0 = -w g0 / dt^2``, ``dJ/dm1 = -g1`` (``g1`` is assembled).
+        ``lam (S, n_steps)`` holds ``l[n]`` sampled at ``record``: for sources
+        ``dJ/df_s[n] = lam[s, n]``, i.e. the transpose of the forward map (None without).
+        """
+        n = n_steps
+        signals = np.ascontiguousarray(adjoint_sources[:, ::-1])  # reversed step j <-> m = n - j
+        v_old, v, v_new = (np.zeros(self.n_points) for _ in range(3))
+        g0, g1 = np.zeros(self.n_points), np.zeros(self.n_points)
+        kv = self.work
+        kv[:] = 0.0
+        lam = None if record is None else np.zeros((len(record), n + 1))
+        self.stiffness.add_with_gradient(v, v_old, v_new, g0)  # compile outside the loop
+        v_new[:] = 0.0
+        g0[:] = 0.0
+        for j in range(n):
+            m = n - j
+            u_m = forward(m)
+            self.stiffness.add_with_gradient(v, u_m, kv, g1)
+            _inject(kv, receivers.indices, receivers.weights, signals, j)
+            if self.assemble is not None:
+                self.assemble(kv)
+            _update(v, v_old, kv, self.cu, self.co, self.cf, v_new)
+            _accumulate_m0(g0, u_m, v_new, v, v_old, self.half_dt_d)
+            if lam is not None:
+                _sample(v_new, record.indices, record.weights, lam, m - 1)
+            v_old, v, v_new = v, v_new, v_old
+        if self.assemble is not None:
+            self.assemble(g1)
+        return g0, g1, None if lam is None else lam[:, :n]
 
 
 def element_max_eigenvalues(geometry, m0_elem: np.ndarray, m1_elem: np.ndarray,

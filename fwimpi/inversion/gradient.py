@@ -1,0 +1,171 @@
+"""Adjoint gradients of a misfit with checkpointing and wavefield compression.
+
+The forward run keeps checkpoints (the leapfrog state every C steps); the adjoint run goes
+back chunk by chunk, recomputes each chunk's forward field from its checkpoint, keeps it
+every ``interval`` steps (``forward_wavefield_sampling_interval``) and interpolates
+linearly in between. With ``interval = 1`` the gradient is the exact derivative of the
+computed misfit. When the whole sampled wavefield fits the memory budget, the forward run
+keeps it directly and nothing is recomputed.
+"""
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..sem.timestepper import LeapfrogStepper, PointSampling, State
+from ..sem.wavelets import ricker
+from .forward import ForwardProblem, PointSource, TimeAxis
+
+
+def plan_chunks(n_steps: int, interval: int, n_points: int, budget_bytes: float) -> int:
+    """Checkpoint spacing C (a multiple of ``interval``) for a memory budget.
+
+    All in memory (C >= n_steps) when the sampled wavefield fits; otherwise the spacing
+    that minimises memory, ``C ~ sqrt(2 n_steps interval)`` (every chunk is recomputed
+    once whatever C is). Raises ValueError if even that does not fit.
+    """
+    snapshot = 8.0 * n_points
+    whole = interval * math.ceil(n_steps / interval)
+    if (whole // interval + 1) * snapshot <= budget_bytes:
+        return whole
+    c = interval * max(1, round(math.sqrt(2.0 * n_steps / interval)))
+    need = (c // interval + 1 + 2 * math.ceil(n_steps / c)) * snapshot
+    if need > budget_bytes:
+        raise ValueError(f"needs {need / 2**20:.1f} MB per rank for checkpoints and one chunk, "
+                         f"the budget is {budget_bytes / 2**20:.1f} MB")
+    return c
+
+
+class ForwardWavefield:
+    """``u[m]`` for the adjoint run: checkpoints, chunk recomputation, compression."""
+
+    def __init__(self, stepper: LeapfrogStepper, sources: PointSampling, signals: np.ndarray,
+                 n_steps: int, interval: int, chunk: int):
+        if chunk % interval:
+            raise ValueError(f"chunk {chunk} must be a multiple of the interval {interval}")
+        self.stepper, self.sources, self.signals = stepper, sources, signals
+        self.n_steps, self.interval, self.chunk = n_steps, interval, chunk
+        self.checkpoints: dict[int, State] = {}
+        self.samples: dict[int, np.ndarray] = {}
+        self._loaded = None  # (c0, c1) of the chunk in self.samples
+        self.recomputed_steps = 0
+        self.peak_bytes = 0
+
+    def _keep(self, c0: int, c1: int):
+        """``on_step`` storing u at multiples of the interval and at the chunk's end."""
+        def on_step(k, u, _):
+            if (k - c0) % self.interval == 0 or k == c1:
+                self.samples[k] = u.copy()
+        return on_step
+
+    def run_forward(self, receivers: PointSampling) -> np.ndarray:
+        """The forward run: traces ``(R, n_steps + 1)``; keeps checkpoints (or everything)."""
+        traces = np.zeros((len(receivers), self.n_steps + 1))
+        state = self.stepper.initial_state()
+        if self.chunk >= self.n_steps:  # all in memory
+            self.samples = {0: state.u.copy()}
+            self.stepper.advance(state, self.n_steps, self.sources, self.signals, receivers,
+                                 traces, self._keep(0, self.n_steps))
+            self._loaded = (0, self.n_steps)
+        else:
+            for c0 in range(0, self.n_steps, self.chunk):
+                self.checkpoints[c0] = state.copy()
+                self.stepper.advance(state, min(c0 + self.chunk, self.n_steps), self.sources,
+                                     self.signals, receivers, traces)
+        self._track()
+        return traces
+
+    def _track(self) -> None:
+        arrays = list(self.samples.values()) + [a for s in self.checkpoints.values()
+                                                for a in (s.u, s.u_old)]
+        self.peak_bytes = max(self.peak_bytes, sum(a.nbytes for a in arrays))
+
+    def _load(self, m: int) -> tuple[int, int]:
+        c0 = ((m - 1) // self.chunk) * self.chunk
+        c1 = min(c0 + self.chunk, self.n_steps)
+        if self._loaded != (c0, c1):
+            state = self.checkpoints[c0].copy()
+            self.samples = {c0: state.u.copy()}
+            self.stepper.advance(state, c1, self.sources, self.signals,
+                                 on_step=self._keep(c0, c1))
+            self.recomputed_steps += c1 - c0
+            self._loaded = (c0, c1)
+            self._track()
+        return c0, c1
+
+    def __call__(self, m: int) -> np.ndarray:
+        """``u[m]`` (exact at stored steps, linear in time in between), 1 <= m <= n_steps."""
+        c0, c1 = self._load(m)
+        a = c0 + ((m - c0) // self.interval) * self.interval
+        if a == m:
+            return self.samples[m]
+        b = min(a + self.interval, c1)
+        t = (m - a) / (b - a)
+        return (1.0 - t) * self.samples[a] + t * self.samples[b]
+
+
+@dataclass(frozen=True)
+class EventGradient:
+    """One event on one rank: misfit (global), gradients at the local points ``(L,)``."""
+
+    misfit: float
+    dvp: np.ndarray
+    drho: np.ndarray
+    receivers_kept: np.ndarray
+    traces: np.ndarray
+    forward_seconds: float
+    adjoint_seconds: float
+    recomputed_steps: int
+    wavefield_bytes: int
+
+
+MisfitFunction = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
+
+
+def event_gradient(
+    problem: ForwardProblem,
+    axis: TimeAxis,
+    sources: list[PointSource],
+    receivers_xy: np.ndarray,
+    center_frequency: float,
+    time_shift: float | None,
+    misfit: MisfitFunction,
+    reduce_sum: Callable[[float], float] = lambda v: v,
+    interval: int = 1,
+    chunk: int | None = None,
+) -> EventGradient:
+    """Misfit and raw gradient ``dJ/dVP``, ``dJ/dRHO`` at the problem's local points.
+
+    ``misfit(kept_receiver_indices, traces) -> (J_part, dJ/dtraces)`` acts on this rank's
+    receivers; ``reduce_sum`` adds the parts of all ranks. ``chunk`` is the checkpoint
+    spacing in steps (default: everything in memory).
+    """
+    src_xy = np.array([[s.x, s.y] for s in sources])
+    keep_s, src = problem.sampling(src_xy)
+    amps = np.array([sources[k].f for k in keep_s], dtype=float)
+    signal = ricker(axis.times[:-1], center_frequency, time_shift)
+    signals = amps[:, None] * signal[None, :]
+    keep_r, rec = problem.sampling(receivers_xy)
+    stepper = problem.stepper(axis.dt)
+    if chunk is None:
+        chunk = interval * math.ceil(axis.n_steps / interval)
+    wavefield = ForwardWavefield(stepper, src, signals, axis.n_steps, interval, chunk)
+    t0 = time.perf_counter()
+    traces = wavefield.run_forward(rec)
+    t1 = time.perf_counter()
+    j_part, adjoint_sources = misfit(keep_r, traces)
+    j = reduce_sum(j_part)
+    t2 = time.perf_counter()
+    g0, g1, _ = stepper.adjoint(axis.n_steps, rec, adjoint_sources, wavefield)
+    t3 = time.perf_counter()
+    # dJ/dm0 = -w g0 / dt^2, dJ/dm1 = -g1; m0 = 1/(rho vp^2), m1 = 1/rho
+    djdm0 = -problem.weights * g0 / axis.dt**2
+    djdm1 = -g1
+    vp, rho = problem.vp, problem.rho
+    dvp = djdm0 * (-2.0 / (rho * vp**3))
+    drho = djdm0 * (-1.0 / (rho**2 * vp**2)) + djdm1 * (-1.0 / rho**2)
+    return EventGradient(j, dvp, drho, keep_r, traces, t1 - t0, t3 - t2,
+                         wavefield.recomputed_steps, wavefield.peak_bytes)
