@@ -52,3 +52,21 @@ def test_general_kernel_on_sheared_elements(order):
     v, w = rng.standard_normal((2, n_points))
     assert np.isclose(v @ k.apply(w), w @ k.apply(v), rtol=1e-12)
     assert w @ k.apply(w) > 0
+
+
+def test_element_eigenvalue_bound_is_a_tight_upper_bound_of_the_global_one():
+    from fwimpi.sem.operators import assembled_sum
+    from fwimpi.sem.timestepper import element_max_eigenvalues
+
+    mesh = build_mesh(Box(0.0, 400.0, -300.0, 0.0), 0.0, 100.0, 3)
+    ib = mesh.ibool()
+    rng = np.random.default_rng(2)
+    m0, m1 = rng.uniform(0.8, 1.2, (2, mesh.n_points))
+    geometry = mesh.geometry()
+    k = AcousticStiffness(geometry, ib, m1)
+    dense = np.column_stack([k.apply(e) for e in np.eye(mesh.n_points)])
+    mass = m0 * assembled_sum(ib, geometry.jw, mesh.n_points)
+    s = 1.0 / np.sqrt(mass)
+    global_max = np.linalg.eigvalsh(s[:, None] * dense * s[None, :]).max()
+    bound = element_max_eigenvalues(geometry, m0[ib], m1[ib]).max()
+    assert global_max <= bound <= 1.3 * global_max

@@ -93,3 +93,18 @@ def test_a_rank_raising_mid_run_ends_the_job_quickly_without_partial_files(tmp_p
     out = tmp_path / "out"
     assert not (out / "summary.json").exists() and not (out / "events").exists()
     assert not list(out.rglob(".*tmp*"))  # no temp files left behind
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_gradients_equal_the_one_rank_gradients(runs, n):
+    summary = json.loads((runs[n] / "summary.json").read_text())
+    path = summary["events"]["ev1"]["gradient"]
+    assert path == "events/ev1/gradient.h5" and summary["gradient"] == "gradient.h5"
+    for name in ("/fields/VP", "/fields/RHO"):
+        ref, got = read(runs[1] / path, name), read(runs[n] / path, name)
+        assert np.abs(ref).max() > 0
+        assert np.linalg.norm(got - ref) <= 1e-12 * np.linalg.norm(ref), name
+        assert np.array_equal(read(runs[n] / "gradient.h5", name), got)  # one event: sum = it
+    with h5py.File(runs[n] / path, "r") as f:
+        assert f.attrs["kind"] == "raw_gradient" and f.attrs["nprocs"] == n
+        assert np.isclose(f.attrs["misfit"], summary["events"]["ev1"]["misfit"], rtol=1e-12)

@@ -40,7 +40,11 @@ def plan_chunks(n_steps: int, interval: int, n_points: int, budget_bytes: float)
 
 
 class ForwardWavefield:
-    """``u[m]`` for the adjoint run: checkpoints, chunk recomputation, compression."""
+    """``u[m]`` for the adjoint run: checkpoints, chunk recomputation, compression.
+
+    The samples of one chunk (steps ``c0, c0 + interval, ...`` and the chunk's end) live
+    in one preallocated ``(rows, P)`` array reused by every chunk.
+    """
 
     def __init__(self, stepper: LeapfrogStepper, sources: PointSampling, signals: np.ndarray,
                  n_steps: int, interval: int, chunk: int):
@@ -49,16 +53,25 @@ class ForwardWavefield:
         self.stepper, self.sources, self.signals = stepper, sources, signals
         self.n_steps, self.interval, self.chunk = n_steps, interval, chunk
         self.checkpoints: dict[int, State] = {}
-        self.samples: dict[int, np.ndarray] = {}
-        self._loaded = None  # (c0, c1) of the chunk in self.samples
+        span = min(chunk, n_steps)
+        self.rows = np.empty((span // interval + 2, stepper.n_points))
+        self._mix = np.empty(stepper.n_points)
+        self._loaded = None  # (c0, c1) of the chunk in self.rows
         self.recomputed_steps = 0
-        self.peak_bytes = 0
+
+    @property
+    def peak_bytes(self) -> int:
+        """Memory of the stored wavefield: chunk samples plus checkpoints."""
+        return self.rows.nbytes + sum(2 * s.u.nbytes for s in self.checkpoints.values())
+
+    def _row(self, k: int, c0: int, c1: int) -> int:
+        return (k - c0) // self.interval if k != c1 else len(self.rows) - 1
 
     def _keep(self, c0: int, c1: int):
         """``on_step`` storing u at multiples of the interval and at the chunk's end."""
         def on_step(k, u, _):
             if (k - c0) % self.interval == 0 or k == c1:
-                self.samples[k] = u.copy()
+                self.rows[self._row(k, c0, c1)] = u
         return on_step
 
     def run_forward(self, receivers: PointSampling) -> np.ndarray:
@@ -66,7 +79,7 @@ class ForwardWavefield:
         traces = np.zeros((len(receivers), self.n_steps + 1))
         state = self.stepper.initial_state()
         if self.chunk >= self.n_steps:  # all in memory
-            self.samples = {0: state.u.copy()}
+            self.rows[0] = state.u
             self.stepper.advance(state, self.n_steps, self.sources, self.signals, receivers,
                                  traces, self._keep(0, self.n_steps))
             self._loaded = (0, self.n_steps)
@@ -75,36 +88,33 @@ class ForwardWavefield:
                 self.checkpoints[c0] = state.copy()
                 self.stepper.advance(state, min(c0 + self.chunk, self.n_steps), self.sources,
                                      self.signals, receivers, traces)
-        self._track()
         return traces
-
-    def _track(self) -> None:
-        arrays = list(self.samples.values()) + [a for s in self.checkpoints.values()
-                                                for a in (s.u, s.u_old)]
-        self.peak_bytes = max(self.peak_bytes, sum(a.nbytes for a in arrays))
 
     def _load(self, m: int) -> tuple[int, int]:
         c0 = ((m - 1) // self.chunk) * self.chunk
         c1 = min(c0 + self.chunk, self.n_steps)
         if self._loaded != (c0, c1):
             state = self.checkpoints[c0].copy()
-            self.samples = {c0: state.u.copy()}
+            self.rows[0] = state.u
             self.stepper.advance(state, c1, self.sources, self.signals,
                                  on_step=self._keep(c0, c1))
             self.recomputed_steps += c1 - c0
             self._loaded = (c0, c1)
-            self._track()
         return c0, c1
 
     def __call__(self, m: int) -> np.ndarray:
-        """``u[m]`` (exact at stored steps, linear in time in between), 1 <= m <= n_steps."""
+        """``u[m]`` (exact at stored steps, linear in time in between), 1 <= m <= n_steps.
+
+        The array returned is reused by the next call."""
         c0, c1 = self._load(m)
         a = c0 + ((m - c0) // self.interval) * self.interval
         if a == m:
-            return self.samples[m]
+            return self.rows[self._row(m, c0, c1)]
         b = min(a + self.interval, c1)
         t = (m - a) / (b - a)
-        return (1.0 - t) * self.samples[a] + t * self.samples[b]
+        np.multiply(self.rows[self._row(a, c0, c1)], 1.0 - t, out=self._mix)
+        self._mix += t * self.rows[self._row(b, c0, c1)]
+        return self._mix
 
 
 @dataclass(frozen=True)

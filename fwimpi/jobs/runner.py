@@ -15,6 +15,7 @@ import numpy as np
 from .. import __version__
 from ..errors import ConfigError
 from ..inversion.forward import COURANT_FACTOR, ForwardProblem, PointSource, TimeAxis
+from ..inversion.gradient import event_gradient, plan_chunks
 from ..mesh.files import ReceiverData, read_receivers_h5, write_json_atomic, write_receivers_h5
 from ..mesh.model import ModelEvaluator, ModelSource
 from ..mesh.structured import Box, StructuredMesh, build_mesh
@@ -188,10 +189,33 @@ def _gather_traces(comm, keep: np.ndarray, traces: np.ndarray, n_receivers: int)
     return out
 
 
+def _misfit_function(spec: JobSpec, event: str, setup: Setup):
+    """``(kept receiver indices, local traces) -> (J part, dJ/dtraces)`` of the event."""
+    dt = setup.axis.dt
+    if spec.misfit.misfit_function == "L2":
+        observed = setup.observed[event]
+        return lambda keep, traces: l2(traces, observed[keep], dt)
+    return lambda keep, traces: l2_energy(traces, dt)
+
+
+def _chunk(spec: JobSpec, setup: Setup) -> int:
+    """Checkpoint spacing from the per-rank memory budget, the same on every rank."""
+    from mpi4py import MPI
+
+    points = setup.comm.allreduce(setup.problem.n_local_points, op=MPI.MAX)
+    budget = spec.compression.memory_per_rank_in_mb * 2**20
+    try:
+        return plan_chunks(setup.axis.n_steps, spec.compression.forward_wavefield_sampling_interval,
+                           points, budget)
+    except ValueError as err:
+        raise ConfigError(f"wavefield_compression.memory_per_rank_in_mb: the gradient {err}") from None
+
+
 def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
     """Run the job on the ranks of ``comm``; write its products. Collective on comm.
 
-    Returns the summary on rank 0, None elsewhere.
+    Receivers for every event; with a misfit also the misfit and, unless ``forward_only``,
+    the raw gradient per event and summed over events. Returns the summary on rank 0.
     """
     from mpi4py import MPI
 
@@ -200,66 +224,97 @@ def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
     setup = prepare(spec, comm)
     root = comm.rank == 0
     out = Path(spec.output)
-    mesh, problem, natural = setup.mesh, setup.problem, setup.natural
-    info = describe(mesh, problem.stable_dt, setup.axis, setup.min_velocity)
+    mesh, problem, natural, axis = setup.mesh, setup.problem, setup.natural, setup.axis
+    info = describe(mesh, problem.stable_dt, axis, setup.min_velocity)
+    gradients = spec.misfit is not None and not forward_only
+    chunk = _chunk(spec, setup) if gradients else None
+    interval = spec.compression.forward_wavefield_sampling_interval
     if root:
         log.info("mesh: %d x %d elements of order %d, %d points on %d rank(s); dt = %.4g s, "
                  "%d steps", mesh.nex, mesh.ney, mesh.order, mesh.n_points, comm.size,
-                 setup.axis.dt, setup.axis.n_steps)
+                 axis.dt, axis.n_steps)
+        if gradients:
+            log.info("gradient: forward wavefield kept every %d step(s); %s", interval,
+                     "all in memory" if chunk >= axis.n_steps else
+                     f"checkpoints every {chunk} steps, chunks recomputed")
     attrs = {"fwimpi_version": __version__, "job": spec.name, "job_spec": spec.resolved}
     elo, ehi = block_range(mesh.n_elements, comm)
-    write_mesh_h5_collective(
-        comm, out / "model.h5", n_points=mesh.n_points, point_range=(natural.lo, natural.hi),
-        points=mesh.points[natural.lo:natural.hi], mass=natural.to_natural(problem.weights),
-        fields={"VP": natural.to_natural(problem.vp), "RHO": natural.to_natural(problem.rho)},
-        n_elements=mesh.n_elements, element_range=(elo, ehi), cells=mesh.cells[elo:ehi],
-        order=mesh.order, attrs={**attrs, "kind": "model"},
-    )
+
+    def write_fields(rel: str, fields: dict[str, np.ndarray], **extra) -> str:
+        write_mesh_h5_collective(
+            comm, out / rel, n_points=mesh.n_points, point_range=(natural.lo, natural.hi),
+            points=mesh.points[natural.lo:natural.hi], mass=natural.to_natural(problem.weights),
+            fields={k: natural.to_natural(v) for k, v in fields.items()},
+            n_elements=mesh.n_elements, element_range=(elo, ehi), cells=mesh.cells[elo:ehi],
+            order=mesh.order, attrs={**attrs, **extra},
+        )
+        return rel
+
+    write_fields("model.h5", {"VP": problem.vp, "RHO": problem.rho}, kind="model")
     summary = {"job": spec.name, "model": "model.h5", "events": {}, "mappings": {},
                "smoothed": {}, "plots": []}
-    forward_seconds = 0.0
+    seconds = {"forward": 0.0, "adjoint": 0.0}
+    total = {"VP": np.zeros(problem.n_local_points), "RHO": np.zeros(problem.n_local_points)}
+    total_misfit = 0.0
     for event in spec.events:
         xy = np.array([[r.x, r.y] for r in event.receivers])
+        sources = [PointSource(s.x, s.y, s.f) for s in event.sources]
+        wavelet = spec.simulation.wavelet
         comm.Barrier()
-        keep, traces, seconds = problem.simulate(
-            [PointSource(s.x, s.y, s.f) for s in event.sources], xy, setup.axis,
-            spec.simulation.wavelet.center_frequency, spec.simulation.wavelet.time_shift_in_seconds,
-        )
-        seconds = comm.allreduce(seconds, op=MPI.MAX)
-        forward_seconds += seconds
+        if gradients:
+            result = event_gradient(
+                problem, axis, sources, xy, wavelet.center_frequency,
+                wavelet.time_shift_in_seconds, _misfit_function(spec, event.name, setup),
+                reduce_sum=lambda v: comm.allreduce(v, op=MPI.SUM), interval=interval,
+                chunk=chunk)
+            keep, traces, fwd = result.receivers_kept, result.traces, result.forward_seconds
+            seconds["adjoint"] += comm.allreduce(result.adjoint_seconds, op=MPI.MAX)
+        else:
+            keep, traces, fwd = problem.simulate(
+                sources, xy, axis, wavelet.center_frequency, wavelet.time_shift_in_seconds)
+        fwd = comm.allreduce(fwd, op=MPI.MAX)
+        seconds["forward"] += fwd
+        entry = {"receivers": str(Path("events") / event.name / "receivers.h5")}
+        if gradients:
+            entry["misfit"] = result.misfit
+            total_misfit += result.misfit
+            entry["gradient"] = write_fields(
+                str(Path("events") / event.name / "gradient.h5"),
+                {"VP": result.dvp, "RHO": result.drho}, kind="raw_gradient",
+                event=event.name, misfit=result.misfit,
+                forward_wavefield_sampling_interval=interval)
+            total["VP"] += result.dvp
+            total["RHO"] += result.drho
         traces = _gather_traces(comm, keep, traces, len(xy))
-        if not root:
-            continue
-        rate = mesh.n_points * setup.axis.n_steps / seconds / 1e6
-        log.info("event %s: forward %.3f s (%.1f M point-updates/s)", event.name, seconds, rate)
-        rel = Path("events") / event.name / "receivers.h5"
-        data = ReceiverData({"phi": traces}, xy, setup.axis.dt, setup.axis.start_time,
-                            tuple(r.station for r in event.receivers))
-        write_receivers_h5(out / rel, {event.name: data},
-                           {**attrs, "nprocs": comm.size, "kind": "receivers"})
-        entry = {"receivers": str(rel)}
-        if spec.misfit is not None:
-            entry["misfit"] = _misfit(spec, event.name, traces, setup)
-            log.info("event %s: misfit %s = %.6e", event.name, spec.misfit.misfit_function,
-                     entry["misfit"])
+        if root:
+            log.info("event %s: forward %.3f s (%.1f M point-updates/s)%s", event.name, fwd,
+                     mesh.n_points * axis.n_steps / fwd / 1e6,
+                     f", adjoint {result.adjoint_seconds:.3f} s" if gradients else "")
+            data = ReceiverData({"phi": traces}, xy, axis.dt, axis.start_time,
+                                tuple(r.station for r in event.receivers))
+            write_receivers_h5(out / entry["receivers"], {event.name: data},
+                               {**attrs, "nprocs": comm.size, "kind": "receivers"})
+            if spec.misfit is not None and not gradients:
+                entry["misfit"] = _misfit_function(spec, event.name, setup)(
+                    np.arange(len(xy)), traces)[0]
+            if "misfit" in entry:
+                log.info("event %s: misfit %s = %.6e", event.name, spec.misfit.misfit_function,
+                         entry["misfit"])
         summary["events"][event.name] = entry
+    if gradients:
+        summary["gradient"] = write_fields("gradient.h5", total, kind="raw_gradient",
+                                           event="sum", misfit=total_misfit,
+                                           forward_wavefield_sampling_interval=interval)
     peak = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, op=MPI.MAX)
     if not root:
         return None
-    if spec.misfit is not None and not forward_only:
-        log.warning("gradients, mappings and smoothing are not implemented yet in fwimpi %s: "
-                    "computed the receivers and the misfit only", __version__)
+    if gradients and spec.mappings:
+        log.warning("mappings and smoothing are not implemented yet in fwimpi %s", __version__)
     summary["simulation"] = {
         "ranks": comm.size, **info,
-        "forward_seconds": forward_seconds, "adjoint_seconds": 0.0,
+        "forward_seconds": seconds["forward"], "adjoint_seconds": seconds["adjoint"],
         "peak_memory_mb_per_rank": peak,
     }
     write_json_atomic(out / "summary.json", summary)
     log.info("wrote %s", out / "summary.json")
     return summary
-
-
-def _misfit(spec: JobSpec, event: str, traces: np.ndarray, setup: Setup) -> float:
-    if spec.misfit.misfit_function == "L2":
-        return l2(traces, setup.observed[event], setup.axis.dt)[0]
-    return l2_energy(traces, setup.axis.dt)[0]

@@ -111,9 +111,9 @@ def _rectangle_kernels(n: int):
 
 @lru_cache(maxsize=None)
 def _rectangle_gradient_kernels(n: int):
-    """Fused adjoint kernel for identical rectangles: ``out += K v`` and, per point,
-    ``acc += sum over its element points of g11 v_xi u_xi + g22 v_eta u_eta`` (the m1
-    kernel ``grad v . grad u`` with quadrature weights), sharing the gather of ``v``."""
+    """Fused adjoint kernel for identical rectangles: ``out += K v`` and, per element
+    point, ``acc += g11 v_xi u_xi + g22 v_eta u_eta`` (the m1 kernel ``grad v . grad u``
+    with quadrature weights) in the blocked layout: contiguous, no scatter."""
     nb = BLOCK
 
     @numba.njit(cache=True, fastmath=True, boundscheck=False)
@@ -160,9 +160,8 @@ def _rectangle_gradient_kernels(n: int):
             for j in range(n):
                 for i in range(n):
                     for b in range(nb):
-                        p = ibool[blk, j, i, b]
-                        out[p] += r[j, i, b]
-                        acc[p] += gp[j, i, b]
+                        out[ibool[blk, j, i, b]] += r[j, i, b]
+                        acc[blk, j, i, b] += gp[j, i, b]
 
     return add
 
@@ -170,7 +169,7 @@ def _rectangle_gradient_kernels(n: int):
 @lru_cache(maxsize=None)
 def _gradient_product_kernels(n: int):
     """General geometry: ``acc += g11 v_xi u_xi + g12 (v_xi u_eta + v_eta u_xi) +
-    g22 v_eta u_eta`` summed into the points (blocked layout, like ``_kernels``)."""
+    g22 v_eta u_eta`` per element point (blocked layout, like ``_kernels``)."""
     nb = BLOCK
 
     @numba.njit(cache=True, fastmath=True, boundscheck=False)
@@ -195,7 +194,7 @@ def _gradient_product_kernels(n: int):
                             veta += d[j, k] * vl[k, i, b]
                             uxi += d[i, k] * ul[j, k, b]
                             ueta += d[j, k] * ul[k, i, b]
-                        acc[ibool[blk, j, i, b]] += (
+                        acc[blk, j, i, b] += (
                             g11[blk, j, i, b] * vxi * uxi + g22[blk, j, i, b] * veta * ueta
                             + g12[blk, j, i, b] * (vxi * ueta + veta * uxi))
 
@@ -251,11 +250,15 @@ class AcousticStiffness:
         """``out += K u`` in place (``(P,)`` arrays; unassembled across ranks)."""
         self._kernel(u, self.ibool, *self._args, out)
 
+    def gradient_accumulator(self) -> np.ndarray:
+        """Zeroed per-element-point array for ``add_with_gradient`` (blocked layout)."""
+        return np.zeros(self.ibool.shape)
+
     def add_with_gradient(self, v: np.ndarray, u: np.ndarray, out: np.ndarray,
                           acc: np.ndarray) -> None:
-        """``out += K v`` and ``acc += dK/dm1 (v, u)``: per point i, ``v^T (dK/dm1_i) u``,
-        the quadrature-weighted ``grad v . grad u`` summed over the element points at i
-        (unassembled across ranks)."""
+        """``out += K v`` and ``acc += `` the quadrature-weighted ``grad v . grad u`` at every
+        element point (``acc`` from ``gradient_accumulator``; ``point_values`` sums it
+        into ``v^T (dK/dm1_i) u`` per point i, unassembled across ranks)."""
         if self.rectangles:
             d, m1, g11, g22 = self._args
             _rectangle_gradient_kernels(self._n)(v, u, self.ibool, d, m1, g11, g22, out, acc)
@@ -264,6 +267,10 @@ class AcousticStiffness:
             self._blocked_geometry = tuple(to_blocks(np.asarray(a)) for a in self._geometry)
         self.add(v, out)
         _gradient_product_kernels(self._n)(v, u, self.ibool, self.d, *self._blocked_geometry, acc)
+
+    def point_values(self, acc: np.ndarray, n_points: int) -> np.ndarray:
+        """Sum a blocked per-element-point array into ``(n_points,)`` (padding adds 0)."""
+        return np.bincount(self.ibool.ravel(), weights=acc.ravel(), minlength=n_points)
 
     def apply(self, u: np.ndarray) -> np.ndarray:
         """``K u`` as a new array."""

@@ -212,17 +212,16 @@ class LeapfrogStepper:
         n = n_steps
         signals = np.ascontiguousarray(adjoint_sources[:, ::-1])  # reversed step j <-> m = n - j
         v_old, v, v_new = (np.zeros(self.n_points) for _ in range(3))
-        g0, g1 = np.zeros(self.n_points), np.zeros(self.n_points)
+        g0 = np.zeros(self.n_points)
+        acc = self.stiffness.gradient_accumulator()
         kv = self.work
         kv[:] = 0.0
         lam = None if record is None else np.zeros((len(record), n + 1))
-        self.stiffness.add_with_gradient(v, v_old, v_new, g0)  # compile outside the loop
-        v_new[:] = 0.0
-        g0[:] = 0.0
+        self.stiffness.add_with_gradient(v, v_old, v_new, acc)  # compile outside the loop
         for j in range(n):
             m = n - j
             u_m = forward(m)
-            self.stiffness.add_with_gradient(v, u_m, kv, g1)
+            self.stiffness.add_with_gradient(v, u_m, kv, acc)
             _inject(kv, receivers.indices, receivers.weights, signals, j)
             if self.assemble is not None:
                 self.assemble(kv)
@@ -231,6 +230,7 @@ class LeapfrogStepper:
             if lam is not None:
                 _sample(v_new, record.indices, record.weights, lam, m - 1)
             v_old, v, v_new = v, v_new, v_old
+        g1 = self.stiffness.point_values(acc, self.n_points)
         if self.assemble is not None:
             self.assemble(g1)
         return g0, g1, None if lam is None else lam[:, :n]
@@ -256,10 +256,9 @@ def element_max_eigenvalues(geometry, m0_elem: np.ndarray, m1_elem: np.ndarray,
     for s in range(0, e, chunk):
         sl = slice(s, min(s + chunk, e))
         c = [(m1_elem[sl] * g[sl]).reshape(-1, n * n) for g in (geometry.g11, geometry.g12, geometry.g22)]
-        k = np.einsum("qa,eq,qb->eab", dxi, c[0], dxi)
-        k += np.einsum("qa,eq,qb->eab", dxi, c[1], deta)
-        k += np.einsum("qa,eq,qb->eab", deta, c[1], dxi)
-        k += np.einsum("qa,eq,qb->eab", deta, c[2], deta)
+        # K_e = Dxi^T (c11 Dxi + c12 Deta) + Deta^T (c12 Dxi + c22 Deta), batched matmuls
+        k = dxi.T @ (c[0][:, :, None] * dxi + c[1][:, :, None] * deta)
+        k += deta.T @ (c[1][:, :, None] * dxi + c[2][:, :, None] * deta)
         r = 1.0 / np.sqrt((m0_elem[sl] * geometry.jw[sl]).reshape(-1, n * n))
         out[sl] = np.linalg.eigvalsh(r[:, :, None] * k * r[:, None, :])[:, -1]
     return out
