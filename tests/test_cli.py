@@ -159,3 +159,39 @@ def test_help_lists_commands():
     assert proc.returncode == 0
     for word in ("validate", "run", "exec", "export", "examples"):
         assert word in proc.stdout
+
+
+@pytest.mark.parametrize("function", ["L2", "cross_correlation_time_shift"])
+def test_misfit_against_observed_data_from_an_earlier_run(tmp_path, function):
+    fixed_dt = {"end_time_in_seconds: 0.6": "end_time_in_seconds: 0.6\n  time_step_in_seconds: 0.001"}
+    (tmp_path / "true").mkdir()
+    true = write_job(tmp_path / "true", **fixed_dt, **{'vp: "1500.0 - y"': 'vp: "1450.0 - y"'})
+    assert main(["-q", "run", str(true), "--forward-only"]) == 0
+    observed = tmp_path / "true/out/events/ev1/receivers.h5"
+    job = write_job(tmp_path, **fixed_dt, **{
+        "observed_data: null": f"observed_data: {observed}",
+        "misfit_function: L2_energy_no_observed_data": f"misfit_function: {function}"})
+    assert main(["-q", "run", str(job)]) == 0
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    misfit = summary["events"]["ev1"]["misfit"]
+    u = read_receivers_h5(tmp_path / "out/events/ev1/receivers.h5")["ev1"].traces["phi"]
+    d = read_receivers_h5(observed)["ev1"].traces["phi"]
+    if function == "L2":
+        assert np.isclose(misfit, 0.5 * 0.001 * np.sum((u - d) ** 2), rtol=1e-12)
+    assert misfit > 0
+    grad = read_mesh_h5(tmp_path / "out" / summary["events"]["ev1"]["gradient"])
+    assert np.abs(grad.fields["VP"]).max() > 0
+
+
+def test_observed_data_with_another_time_step_is_rejected(tmp_path, capsys):
+    (tmp_path / "true").mkdir()
+    true = write_job(tmp_path / "true")
+    assert main(["-q", "run", str(true), "--forward-only"]) == 0
+    observed = tmp_path / "true/out/events/ev1/receivers.h5"
+    job = write_job(tmp_path, **{
+        "end_time_in_seconds: 0.6": "end_time_in_seconds: 0.6\n  time_step_in_seconds: 0.001",
+        "observed_data: null": f"observed_data: {observed}",
+        "misfit_function: L2_energy_no_observed_data": "misfit_function: L2"})
+    assert main(["run", str(job)]) == 2
+    assert "misfit_configuration.observed_data" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -20,12 +20,12 @@ from ..mesh.files import ReceiverData, read_receivers_h5, write_json_atomic, wri
 from ..mesh.model import ModelEvaluator, ModelSource
 from ..mesh.structured import Box, StructuredMesh, build_mesh
 from ..parallel.decomposition import decompose, local_part
-from ..sem.misfits import l2, l2_energy
+from ..sem.misfits import cross_correlation_time_shift, l2, l2_energy
 from .spec import JobSpec
 
 log = logging.getLogger("fwimpi")
 
-IMPLEMENTED_MISFITS = ("L2_energy_no_observed_data", "L2")
+IMPLEMENTED_MISFITS = ("L2_energy_no_observed_data", "L2", "cross_correlation_time_shift")
 
 
 @dataclass
@@ -192,10 +192,12 @@ def _gather_traces(comm, keep: np.ndarray, traces: np.ndarray, n_receivers: int)
 def _misfit_function(spec: JobSpec, event: str, setup: Setup):
     """``(kept receiver indices, local traces) -> (J part, dJ/dtraces)`` of the event."""
     dt = setup.axis.dt
-    if spec.misfit.misfit_function == "L2":
-        observed = setup.observed[event]
-        return lambda keep, traces: l2(traces, observed[keep], dt)
-    return lambda keep, traces: l2_energy(traces, dt)
+    function = spec.misfit.misfit_function
+    if function == "L2_energy_no_observed_data":
+        return lambda keep, traces: l2_energy(traces, dt)
+    observed = setup.observed[event]
+    measure = l2 if function == "L2" else cross_correlation_time_shift
+    return lambda keep, traces: measure(traces, observed[keep], dt)
 
 
 def _chunk(spec: JobSpec, setup: Setup) -> int:
