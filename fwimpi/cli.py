@@ -113,6 +113,9 @@ def _exec(args, in_process: bool = False) -> int:
         code = 2 if isinstance(err, ConfigError) else 1
         if code == 1:
             traceback.print_exc()
+        from .mesh.files import remove_temp_files
+
+        remove_temp_files()
         rank = f" (rank {comm.rank})"
         print(f"fwimpi: {'error' if code == 2 else 'failed'}{rank}: {type(err).__name__}: {err}",
               file=sys.stderr, flush=True)

@@ -101,3 +101,22 @@ def test_plan_chunks():
     assert c % 5 == 0 and c < 1000
     with pytest.raises(ValueError, match="MB per rank"):
         plan_chunks(1000, 1, 10_000, 8.0 * 10_000 * 10)
+
+
+@pytest.mark.parametrize("interval", [1, 5])
+def test_reusing_saved_states_gives_the_same_gradient_without_a_forward_run(interval):
+    from fwimpi.inversion.gradient import CheckpointIO
+
+    problem = problem_for()
+    axis = problem.time_axis(END, DT)
+    saved = {}
+    io = CheckpointIO(spacing=5 * interval * 4,
+                      save=lambda n, state: saved.__setitem__(n, state.copy()),
+                      load=lambda n: saved[n].copy())
+    args = (problem, axis, SOURCES, RECEIVERS, 5.0, None, lambda keep, tr: l2_energy(tr, DT))
+    first = event_gradient(*args, interval=interval, checkpoints=io)
+    assert sorted(saved) == list(range(0, axis.n_steps, io.spacing))
+    again = event_gradient(*args, interval=interval, checkpoints=io, stored_traces=first.traces)
+    assert again.recomputed_steps == axis.n_steps and again.misfit == first.misfit
+    assert np.allclose(again.dvp, first.dvp, rtol=0, atol=1e-13 * np.abs(first.dvp).max())
+    assert np.allclose(again.drho, first.drho, rtol=0, atol=1e-13 * np.abs(first.drho).max())

@@ -108,3 +108,18 @@ def test_gradients_equal_the_one_rank_gradients(runs, n):
     with h5py.File(runs[n] / path, "r") as f:
         assert f.attrs["kind"] == "raw_gradient" and f.attrs["nprocs"] == n
         assert np.isclose(f.attrs["misfit"], summary["events"]["ev1"]["misfit"], rtol=1e-12)
+
+
+def test_checkpoints_are_reused_only_with_the_same_settings(runs):
+    folder = runs[2].parent
+    before = read(runs[2] / "events/ev1/gradient.h5", "/fields/VP")
+    again = mpirun(2, "-m", "fwimpi.cli", "exec", str(folder / "job.yaml"))
+    assert again.returncode == 0, again.stderr
+    assert "checkpoints of an earlier run reused" in again.stderr
+    after = read(runs[2] / "events/ev1/gradient.h5", "/fields/VP")
+    assert np.allclose(after, before, rtol=0, atol=1e-13 * np.abs(before).max())
+    other = mpirun(3, "-m", "fwimpi.cli", "exec", str(folder / "job.yaml"))
+    assert other.returncode == 0, other.stderr
+    assert "ranks_per_job 2 -> 3" in other.stderr and "runs again" in other.stderr
+    assert np.allclose(read(runs[2] / "events/ev1/gradient.h5", "/fields/VP"), before,
+                       rtol=0, atol=1e-12 * np.abs(before).max())

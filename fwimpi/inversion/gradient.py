@@ -39,20 +39,32 @@ def plan_chunks(n_steps: int, interval: int, n_points: int, budget_bytes: float)
     return c
 
 
+def memory_optimal_spacing(n_steps: int, interval: int) -> int:
+    """Checkpoint spacing (a multiple of ``interval``) minimising checkpoints + one chunk."""
+    return interval * max(1, round(math.sqrt(2.0 * n_steps / interval)))
+
+
 class ForwardWavefield:
     """``u[m]`` for the adjoint run: checkpoints, chunk recomputation, compression.
 
     The samples of one chunk (steps ``c0, c0 + interval, ...`` and the chunk's end) live
-    in one preallocated ``(rows, P)`` array reused by every chunk.
+    in one preallocated ``(rows, P)`` array reused by every chunk. ``save(step, state)``
+    (optional) receives the state every ``save_every`` steps of the forward run, e.g. to
+    write checkpoint files; ``load(step) -> State`` replaces the in-memory checkpoints
+    when the forward run is not repeated (``reuse``).
     """
 
     def __init__(self, stepper: LeapfrogStepper, sources: PointSampling, signals: np.ndarray,
-                 n_steps: int, interval: int, chunk: int):
+                 n_steps: int, interval: int, chunk: int,
+                 save: Callable[[int, State], None] | None = None, save_every: int | None = None,
+                 load: Callable[[int], State] | None = None):
         if chunk % interval:
             raise ValueError(f"chunk {chunk} must be a multiple of the interval {interval}")
         self.stepper, self.sources, self.signals = stepper, sources, signals
         self.n_steps, self.interval, self.chunk = n_steps, interval, chunk
         self.checkpoints: dict[int, State] = {}
+        self.save, self.save_every = save, save_every
+        self.load_state = load or (lambda c: self.checkpoints[c].copy())
         span = min(chunk, n_steps)
         self.rows = np.empty((span // interval + 2, stepper.n_points))
         self._mix = np.empty(stepper.n_points)
@@ -78,23 +90,26 @@ class ForwardWavefield:
         """The forward run: traces ``(R, n_steps + 1)``; keeps checkpoints (or everything)."""
         traces = np.zeros((len(receivers), self.n_steps + 1))
         state = self.stepper.initial_state()
-        if self.chunk >= self.n_steps:  # all in memory
+        in_memory = self.chunk >= self.n_steps
+        if in_memory:
             self.rows[0] = state.u
-            self.stepper.advance(state, self.n_steps, self.sources, self.signals, receivers,
-                                 traces, self._keep(0, self.n_steps))
             self._loaded = (0, self.n_steps)
-        else:
-            for c0 in range(0, self.n_steps, self.chunk):
+        every = self.save_every or self.chunk
+        stops = sorted(set(range(0, self.n_steps, every)) | set(range(0, self.n_steps, self.chunk)))
+        for c0, c1 in zip(stops, stops[1:] + [self.n_steps]):
+            if self.save is not None and c0 % every == 0:
+                self.save(c0, state)
+            if not in_memory and c0 % self.chunk == 0:
                 self.checkpoints[c0] = state.copy()
-                self.stepper.advance(state, min(c0 + self.chunk, self.n_steps), self.sources,
-                                     self.signals, receivers, traces)
+            keep = self._keep(0, self.n_steps) if in_memory else None
+            self.stepper.advance(state, c1, self.sources, self.signals, receivers, traces, keep)
         return traces
 
     def _load(self, m: int) -> tuple[int, int]:
         c0 = ((m - 1) // self.chunk) * self.chunk
         c1 = min(c0 + self.chunk, self.n_steps)
         if self._loaded != (c0, c1):
-            state = self.checkpoints[c0].copy()
+            state = self.load_state(c0)
             self.rows[0] = state.u
             self.stepper.advance(state, c1, self.sources, self.signals,
                                  on_step=self._keep(c0, c1))
@@ -135,6 +150,16 @@ class EventGradient:
 MisfitFunction = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
 
 
+@dataclass
+class CheckpointIO:
+    """Where a forward run's states go for reuse: ``save(step, state)`` every ``spacing``
+    steps; ``load(step) -> State`` when an earlier run's states are reused."""
+
+    spacing: int
+    save: Callable[[int, State], None] | None = None
+    load: Callable[[int], State] | None = None
+
+
 def event_gradient(
     problem: ForwardProblem,
     axis: TimeAxis,
@@ -146,12 +171,17 @@ def event_gradient(
     reduce_sum: Callable[[float], float] = lambda v: v,
     interval: int = 1,
     chunk: int | None = None,
+    checkpoints: CheckpointIO | None = None,
+    stored_traces: np.ndarray | None = None,
 ) -> EventGradient:
     """Misfit and raw gradient ``dJ/dVP``, ``dJ/dRHO`` at the problem's local points.
 
     ``misfit(kept_receiver_indices, traces) -> (J_part, dJ/dtraces)`` acts on this rank's
     receivers; ``reduce_sum`` adds the parts of all ranks. ``chunk`` is the checkpoint
-    spacing in steps (default: everything in memory).
+    spacing in steps (default: everything in memory). With ``checkpoints.save`` the
+    forward run also hands its states to it; with ``checkpoints.load`` and the traces of
+    all receivers ``stored_traces (R, n_steps + 1)`` of an earlier run, the forward run is
+    not repeated: the adjoint recomputes the chunks from the stored states.
     """
     src_xy = np.array([[s.x, s.y] for s in sources])
     keep_s, src = problem.sampling(src_xy)
@@ -162,9 +192,16 @@ def event_gradient(
     stepper = problem.stepper(axis.dt)
     if chunk is None:
         chunk = interval * math.ceil(axis.n_steps / interval)
-    wavefield = ForwardWavefield(stepper, src, signals, axis.n_steps, interval, chunk)
     t0 = time.perf_counter()
-    traces = wavefield.run_forward(rec)
+    if stored_traces is not None:
+        wavefield = ForwardWavefield(stepper, src, signals, axis.n_steps, interval,
+                                     checkpoints.spacing, load=checkpoints.load)
+        traces = np.ascontiguousarray(stored_traces[keep_r])
+    else:
+        save = checkpoints.save if checkpoints else None
+        wavefield = ForwardWavefield(stepper, src, signals, axis.n_steps, interval, chunk,
+                                     save=save, save_every=checkpoints.spacing if save else None)
+        traces = wavefield.run_forward(rec)
     t1 = time.perf_counter()
     j_part, adjoint_sources = misfit(keep_r, traces)
     j = reduce_sum(j_part)

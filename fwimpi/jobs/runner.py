@@ -15,7 +15,8 @@ import numpy as np
 from .. import __version__
 from ..errors import ConfigError
 from ..inversion.forward import COURANT_FACTOR, ForwardProblem, PointSource, TimeAxis
-from ..inversion.gradient import event_gradient, plan_chunks
+from ..inversion.gradient import CheckpointIO, event_gradient, memory_optimal_spacing, plan_chunks
+from ..sem.timestepper import State
 from ..mesh.files import ReceiverData, read_receivers_h5, write_json_atomic, write_receivers_h5
 from ..mesh.model import ModelEvaluator, ModelSource
 from ..mesh.structured import Box, StructuredMesh, build_mesh
@@ -37,6 +38,8 @@ class Setup:
     mesh: StructuredMesh
     problem: ForwardProblem
     natural: object  # parallel.petsc.NaturalOrder
+    halo: object  # parallel.petsc.HaloExchange
+    offset: int  # first PETSc index owned by this rank
     axis: TimeAxis
     min_velocity: float
     element_size: float
@@ -123,7 +126,8 @@ def prepare(spec: JobSpec, comm) -> Setup:
     _check_time_step(spec, problem.stable_dt)
     axis = problem.time_axis(spec.simulation.end_time_in_seconds, spec.simulation.time_step_in_seconds)
     observed = _observed_data(spec, axis)
-    return Setup(spec, comm, mesh, problem, natural, axis, vmin, h, observed)
+    return Setup(spec, comm, mesh, problem, natural, halo, int(decomposition.offsets[comm.rank]),
+                 axis, vmin, h, observed)
 
 
 def _observed_data(spec: JobSpec, axis: TimeAxis) -> dict[str, np.ndarray]:
@@ -213,6 +217,80 @@ def _chunk(spec: JobSpec, setup: Setup) -> int:
         raise ConfigError(f"wavefield_compression.memory_per_rank_in_mb: the gradient {err}") from None
 
 
+def _checkpoint_settings(spec: JobSpec, event, setup: Setup, interval: int, spacing: int) -> dict:
+    """Everything an event's forward states depend on (JSON), to decide on reuse."""
+    resolved = spec.resolved
+    model = dict(resolved["model"])
+    if spec.model.file is not None:
+        stat = Path(spec.model.file).stat()
+        model["file_size"], model["file_mtime_ns"] = stat.st_size, stat.st_mtime_ns
+    return {
+        "fwimpi_version": __version__,
+        "domain": resolved["domain"],
+        "model": model,
+        "simulation_configuration": resolved["simulation_configuration"],
+        "event": next(e for e in resolved["events"] if e["event_name"] == event.name),
+        "dt": setup.axis.dt,
+        "n_steps": setup.axis.n_steps,
+        "ranks_per_job": setup.comm.size,
+        "forward_wavefield_sampling_interval": interval,
+        "checkpoint_spacing": spacing,
+    }
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    shown = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" if not isinstance(new.get(k), dict)
+             else f"{k} changed" for k in keys]
+    return ", ".join(shown)
+
+
+class _Checkpoints:
+    """The checkpoint file of one event: reuse it if its settings match, else write it."""
+
+    def __init__(self, setup: Setup, path: Path, settings: dict, spacing: int):
+        from ..parallel.checkpoints import CheckpointReader, CheckpointWriter, stored_settings
+
+        self.setup, self.path = setup, path
+        comm, problem = setup.comm, setup.problem
+        n_owned = setup.halo.n_owned
+        stored = stored_settings(path)
+        self.reuse = stored == settings
+        self.reader = self.writer = None
+        if comm.rank == 0:
+            if self.reuse:
+                log.info("event %s: checkpoints of an earlier run reused; the forward "
+                         "simulation is not run again", settings["event"]["event_name"])
+            elif stored is not None:
+                log.info("event %s: checkpoints exist for other settings (%s); the forward "
+                         "simulation runs again", settings["event"]["event_name"],
+                         _differences(stored, settings))
+        if self.reuse:
+            self.reader = CheckpointReader(comm, path, setup.offset, n_owned)
+            self.traces = self.reader.traces()
+            self.io = CheckpointIO(spacing, load=self._load)
+        else:
+            self.traces = None
+            self.writer = CheckpointWriter(comm, path, setup.offset, n_owned,
+                                           setup.halo.n_global, settings)
+            self.io = CheckpointIO(spacing, save=lambda n, st: self.writer.save(n, st.u, st.u_old))
+        self.n_points = problem.n_local_points
+
+    def _load(self, step: int) -> State:
+        u_owned, u_old_owned = self.reader.load(step)
+        state = State(step, np.zeros(self.n_points), np.zeros(self.n_points))
+        for target, owned in ((state.u, u_owned), (state.u_old, u_old_owned)):
+            target[: len(owned)] = owned
+            self.setup.halo.update_ghosts(target)
+        return state
+
+    def finish(self, traces_on_root, shape) -> None:
+        if self.writer is not None:
+            self.writer.commit(traces_on_root, shape)
+        if self.reader is not None:
+            self.reader.close()
+
+
 def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
     """Run the job on the ranks of ``comm``; write its products. Collective on comm.
 
@@ -264,11 +342,16 @@ def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
         wavelet = spec.simulation.wavelet
         comm.Barrier()
         if gradients:
+            spacing = chunk if chunk < axis.n_steps else memory_optimal_spacing(
+                axis.n_steps, interval)
+            checkpoints = _Checkpoints(
+                setup, out / "checkpoints" / f"{event.name}.h5",
+                _checkpoint_settings(spec, event, setup, interval, spacing), spacing)
             result = event_gradient(
                 problem, axis, sources, xy, wavelet.center_frequency,
                 wavelet.time_shift_in_seconds, _misfit_function(spec, event.name, setup),
                 reduce_sum=lambda v: comm.allreduce(v, op=MPI.SUM), interval=interval,
-                chunk=chunk)
+                chunk=chunk, checkpoints=checkpoints.io, stored_traces=checkpoints.traces)
             keep, traces, fwd = result.receivers_kept, result.traces, result.forward_seconds
             seconds["adjoint"] += comm.allreduce(result.adjoint_seconds, op=MPI.MAX)
         else:
@@ -288,10 +371,16 @@ def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
             total["VP"] += result.dvp
             total["RHO"] += result.drho
         traces = _gather_traces(comm, keep, traces, len(xy))
+        if gradients:
+            checkpoints.finish(traces, (len(xy), axis.n_steps + 1))
         if root:
-            log.info("event %s: forward %.3f s (%.1f M point-updates/s)%s", event.name, fwd,
-                     mesh.n_points * axis.n_steps / fwd / 1e6,
-                     f", adjoint {result.adjoint_seconds:.3f} s" if gradients else "")
+            if gradients and checkpoints.reuse:
+                log.info("event %s: forward reused, adjoint %.3f s (chunks recomputed from "
+                         "checkpoints)", event.name, result.adjoint_seconds)
+            else:
+                log.info("event %s: forward %.3f s (%.1f M point-updates/s)%s", event.name, fwd,
+                         mesh.n_points * axis.n_steps / fwd / 1e6,
+                         f", adjoint {result.adjoint_seconds:.3f} s" if gradients else "")
             data = ReceiverData({"phi": traces}, xy, axis.dt, axis.start_time,
                                 tuple(r.station for r in event.receivers))
             write_receivers_h5(out / entry["receivers"], {event.name: data},

@@ -46,10 +46,29 @@ class FileFormatError(FwimpiError, ValueError):
 # --------------------------------------------------------------------------- atomic writes
 
 
+_TEMPS: set[Path] = set()
+
+
 def temp_path(path: str | os.PathLike, pid: int | None = None) -> Path:
-    """The temporary name ``.<name>.tmp<pid>`` beside ``path`` (pass root's pid under MPI)."""
+    """The temporary name ``.<name>.tmp<pid>`` beside ``path`` (pass root's pid under MPI).
+
+    The name is remembered, so that ``remove_temp_files`` can clean up before an abort.
+    """
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp{os.getpid() if pid is None else pid}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid() if pid is None else pid}")
+    _TEMPS.add(tmp)
+    return tmp
+
+
+def remove_temp_files() -> None:
+    """Remove every temporary file this process named that still exists (before an
+    ``MPI_Abort``, which leaves no chance to unwind): no half-written file stays behind."""
+    for tmp in list(_TEMPS):
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        _TEMPS.discard(tmp)
 
 
 @contextmanager

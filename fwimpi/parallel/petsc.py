@@ -41,6 +41,12 @@ class HaloExchange:
         if not own:
             values[:] = self.buffer
 
+    def update_ghosts(self, values: np.ndarray) -> None:
+        """Give the ghosts of ``values`` their owners' values (owned entries unchanged)."""
+        self.buffer[:] = values
+        self.vec.ghostUpdate(addv=PETSc.InsertMode.INSERT_VALUES, mode=PETSc.ScatterMode.FORWARD)
+        values[:] = self.buffer
+
     def destroy(self) -> None:
         self.vec.destroy()
 
