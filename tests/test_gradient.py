@@ -96,11 +96,16 @@ def test_compression_changes_the_gradient_a_little(interval, reference):
 
 
 def test_plan_chunks():
-    assert plan_chunks(1000, 5, 100, 1e9) == 1000
-    c = plan_chunks(1000, 5, 10_000, 8.0 * 10_000 * 100)
+    snapshot = 8.0 * 10_000
+    assert plan_chunks(1000, 5, 10_000, 1e9) == 1000  # all in memory
+    # on disk: the largest chunk whose samples fit
+    c = plan_chunks(1000, 5, 10_000, 52 * snapshot)
+    assert c == 5 * 50 and (c // 5 + 2) * snapshot <= 52 * snapshot
+    # in memory: checkpoints and one chunk
+    c = plan_chunks(1000, 5, 10_000, 100 * snapshot, checkpoints_on_disk=False)
     assert c % 5 == 0 and c < 1000
     with pytest.raises(ValueError, match="MB per rank"):
-        plan_chunks(1000, 1, 10_000, 8.0 * 10_000 * 10)
+        plan_chunks(1000, 1, 10_000, 2 * snapshot)
 
 
 @pytest.mark.parametrize("interval", [1, 5])

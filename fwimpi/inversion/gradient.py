@@ -20,22 +20,29 @@ from ..sem.wavelets import ricker
 from .forward import ForwardProblem, PointSource, TimeAxis
 
 
-def plan_chunks(n_steps: int, interval: int, n_points: int, budget_bytes: float) -> int:
-    """Checkpoint spacing C (a multiple of ``interval``) for a memory budget.
+def plan_chunks(n_steps: int, interval: int, n_points: int, budget_bytes: float,
+                checkpoints_on_disk: bool = True) -> int:
+    """Checkpoint spacing C (a multiple of ``interval``) for a per-rank memory budget.
 
-    All in memory (C >= n_steps) when the sampled wavefield fits; otherwise the spacing
-    that minimises memory, ``C ~ sqrt(2 n_steps interval)`` (every chunk is recomputed
-    once whatever C is). Raises ValueError if even that does not fit.
+    All in memory (C >= n_steps) when the sampled wavefield fits. Otherwise one chunk of
+    ``C / interval + 2`` samples must fit: with checkpoints on disk C is as large as the
+    budget allows (fewer, larger reads); with checkpoints in memory C minimises their sum,
+    ``C ~ sqrt(2 n_steps interval)``. Every chunk is recomputed once whatever C is.
+    Raises ValueError if nothing fits.
     """
     snapshot = 8.0 * n_points
     whole = interval * math.ceil(n_steps / interval)
-    if (whole // interval + 1) * snapshot <= budget_bytes:
+    if (whole // interval + 2) * snapshot <= budget_bytes:
         return whole
-    c = interval * max(1, round(math.sqrt(2.0 * n_steps / interval)))
-    need = (c // interval + 1 + 2 * math.ceil(n_steps / c)) * snapshot
-    if need > budget_bytes:
-        raise ValueError(f"needs {need / 2**20:.1f} MB per rank for checkpoints and one chunk, "
-                         f"the budget is {budget_bytes / 2**20:.1f} MB")
+    if checkpoints_on_disk:
+        c = interval * int(budget_bytes // snapshot - 2)
+        need = 3 * snapshot
+    else:
+        c = memory_optimal_spacing(n_steps, interval)
+        need = (c // interval + 2 + 2 * math.ceil(n_steps / c)) * snapshot
+    if c < interval or need > budget_bytes:
+        raise ValueError(f"needs at least {need / 2**20:.1f} MB per rank, the budget is "
+                         f"{budget_bytes / 2**20:.1f} MB")
     return c
 
 
@@ -62,8 +69,8 @@ class ForwardWavefield:
             raise ValueError(f"chunk {chunk} must be a multiple of the interval {interval}")
         self.stepper, self.sources, self.signals = stepper, sources, signals
         self.n_steps, self.interval, self.chunk = n_steps, interval, chunk
-        self.checkpoints: dict[int, State] = {}
-        self.save, self.save_every = save, save_every
+        self.checkpoints: dict[int, State] = {}  # in memory, when there is no ``load``
+        self.save, self.save_every, self.load = save, save_every, load
         self.load_state = load or (lambda c: self.checkpoints[c].copy())
         span = min(chunk, n_steps)
         self.rows = np.empty((span // interval + 2, stepper.n_points))
@@ -99,7 +106,7 @@ class ForwardWavefield:
         for c0, c1 in zip(stops, stops[1:] + [self.n_steps]):
             if self.save is not None and c0 % every == 0:
                 self.save(c0, state)
-            if not in_memory and c0 % self.chunk == 0:
+            if not in_memory and self.load is None and c0 % self.chunk == 0:
                 self.checkpoints[c0] = state.copy()
             keep = self._keep(0, self.n_steps) if in_memory else None
             self.stepper.advance(state, c1, self.sources, self.signals, receivers, traces, keep)
@@ -152,8 +159,9 @@ MisfitFunction = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
 
 @dataclass
 class CheckpointIO:
-    """Where a forward run's states go for reuse: ``save(step, state)`` every ``spacing``
-    steps; ``load(step) -> State`` when an earlier run's states are reused."""
+    """Where a forward run's states go: ``save(step, state)`` every ``spacing`` steps;
+    ``load(step) -> State`` reads them back (for the chunks of this run, or of an earlier
+    run whose states are reused), so no checkpoint is kept in memory."""
 
     spacing: int
     save: Callable[[int, State], None] | None = None
@@ -200,7 +208,8 @@ def event_gradient(
     else:
         save = checkpoints.save if checkpoints else None
         wavefield = ForwardWavefield(stepper, src, signals, axis.n_steps, interval, chunk,
-                                     save=save, save_every=checkpoints.spacing if save else None)
+                                     save=save, save_every=checkpoints.spacing if save else None,
+                                     load=checkpoints.load if checkpoints else None)
         traces = wavefield.run_forward(rec)
     t1 = time.perf_counter()
     j_part, adjoint_sources = misfit(keep_r, traces)

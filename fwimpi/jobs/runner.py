@@ -15,7 +15,7 @@ import numpy as np
 from .. import __version__
 from ..errors import ConfigError
 from ..inversion.forward import COURANT_FACTOR, ForwardProblem, PointSource, TimeAxis
-from ..inversion.gradient import CheckpointIO, event_gradient, memory_optimal_spacing, plan_chunks
+from ..inversion.gradient import CheckpointIO, event_gradient, plan_chunks
 from ..sem.timestepper import State
 from ..mesh.files import ReceiverData, read_receivers_h5, write_json_atomic, write_receivers_h5
 from ..mesh.model import ModelEvaluator, ModelSource
@@ -273,11 +273,12 @@ class _Checkpoints:
             self.traces = None
             self.writer = CheckpointWriter(comm, path, setup.offset, n_owned,
                                            setup.halo.n_global, settings)
-            self.io = CheckpointIO(spacing, save=lambda n, st: self.writer.save(n, st.u, st.u_old))
+            self.io = CheckpointIO(spacing, save=lambda n, st: self.writer.save(n, st.u, st.u_old),
+                                   load=self._load)
         self.n_points = problem.n_local_points
 
     def _load(self, step: int) -> State:
-        u_owned, u_old_owned = self.reader.load(step)
+        u_owned, u_old_owned = (self.reader or self.writer).load(step)
         state = State(step, np.zeros(self.n_points), np.zeros(self.n_points))
         for target, owned in ((state.u, u_owned), (state.u_old, u_old_owned)):
             target[: len(owned)] = owned
@@ -342,8 +343,7 @@ def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
         wavelet = spec.simulation.wavelet
         comm.Barrier()
         if gradients:
-            spacing = chunk if chunk < axis.n_steps else memory_optimal_spacing(
-                axis.n_steps, interval)
+            spacing = chunk
             checkpoints = _Checkpoints(
                 setup, out / "checkpoints" / f"{event.name}.h5",
                 _checkpoint_settings(spec, event, setup, interval, spacing), spacing)

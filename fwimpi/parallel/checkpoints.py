@@ -62,6 +62,11 @@ class CheckpointWriter:
             if self.hi > self.lo:
                 dset[self.lo:self.hi] = values[: self.hi - self.lo]
 
+    def load(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read back the owned part of a state written by this run."""
+        group = self.file[f"states/{step}"]
+        return group["u"][self.lo:self.hi], group["u_old"][self.lo:self.hi]
+
     def commit(self, traces: np.ndarray | None, shape: tuple[int, int]) -> None:
         """Store the receiver traces ``shape`` (given on rank 0), mark complete, close and
         rename into place."""
