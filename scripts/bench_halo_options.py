@@ -15,11 +15,12 @@ Run under mpirun by scripts/bench_halo_options for 1 and 2 ranks. Meshes: the tu
   from the element matrices ``K_e`` of every element touching an owned point (one layer
   of elements is computed on both sides of an interface), summed into CSR and given to
   PETSc, which preallocates exactly from it;
-* ``local only``: the matrix-free local product without any exchange (a reference).
+* ``local only``: the matrix-free local product without any exchange (a reference);
+* ``... exchange``: the halo sum of each matrix-free method alone.
 
 Input ``x`` is the same random field for all; the matrix-free methods keep it at owned
 and ghost points (as the time loop does, where the assembled update keeps ghosts current),
-``MatMult`` at owned points (it fetches the ghost values itself: one message each way per
+``MatMult`` at owned points (it fetches the ghost values of x itself: one scatter per
 product instead of two). All results must agree to a relative 1e-12 before timing. Prints
 one JSON list: per method, the best time of ``--repeats`` runs of ``--applications``
 products (slowest rank; methods take turns), the operator's memory (all ranks together)
@@ -70,6 +71,17 @@ class ScatterHalo:
             self.glob.zeroEntries()
         self.scatter.scatter(self.work, self.glob, ADD, FORWARD)
         self.scatter.scatter(self.glob, self.work, INSERT, REVERSE)
+
+
+def halo_options(comm, part, dec) -> dict:
+    """``(buffer, assemble)`` of each matrix-free halo sum: accumulate into ``buffer``,
+    then ``assemble()`` sums it in place across ranks."""
+    ghost = HaloExchange(comm, part)
+    options = {"ghost": (ghost.buffer, lambda: ghost.assemble(ghost.buffer))}
+    for name, ghosts_only in (("scatter-all", False), ("scatter-ghost", True)):
+        halo = ScatterHalo(comm, part, dec.petsc, ghosts_only)
+        options[name] = (halo.buffer, halo.assemble)
+    return options
 
 
 def element_matrices(m1_elem: np.ndarray, geometry, rectangles: bool) -> np.ndarray:
@@ -144,20 +156,17 @@ def bench(comm, refine: int, applications: int, repeats: int) -> list[dict]:
     x_natural = np.random.default_rng(1).standard_normal(mesh.n_points)
     x = x_natural[part.points]  # owned then ghosts
 
-    ghost = HaloExchange(comm, part)
-    scatters = {name: ScatterHalo(comm, part, dec.petsc, ghosts_only)
-                for name, ghosts_only in (("scatter-all", False), ("scatter-ghost", True))}
     matrices = {name: assembled_matrix(comm, mesh, dec, m1, rectangles)
                 for name, rectangles in (("aij", False), ("aij g12=0", True))}
     xv, yv = matrices["aij"].createVecs()
     xv.getArray()[:] = x[: part.n_owned]
 
-    def matrix_free(halo, assemble):
+    def matrix_free(buffer, assemble):
         def apply():
-            halo.buffer.fill(0.0)
-            stiffness.add(x, halo.buffer)
+            buffer.fill(0.0)
+            stiffness.add(x, buffer)
             assemble()
-        return apply, lambda: halo.buffer.copy()
+        return apply, buffer.copy
 
     def mat_mult(matrix):
         return lambda: matrix.mult(xv, yv), lambda: yv.getArray().copy()
@@ -168,10 +177,12 @@ def bench(comm, refine: int, applications: int, repeats: int) -> list[dict]:
         local.fill(0.0)
         stiffness.add(x, local)
 
-    methods = {"ghost": matrix_free(ghost, lambda: ghost.assemble(ghost.buffer)),
-               **{k: matrix_free(h, h.assemble) for k, h in scatters.items()},
+    methods = {**{k: matrix_free(*h) for k, h in halo_options(comm, part, dec).items()},
                **{k: mat_mult(m) for k, m in matrices.items()},
-               "local only": (local_only, None)}
+               "local only": (local_only, None),
+               # the halo sums alone (on separate, all-zero buffers)
+               **{f"{k} exchange": (h[1], None)
+                  for k, h in halo_options(comm, part, dec).items()}}
 
     # every method gives y = K x of the (general) matrix: at owned and ghost points
     # (matrix-free) or at owned points (aij)
@@ -205,9 +216,10 @@ def bench(comm, refine: int, applications: int, repeats: int) -> list[dict]:
             "elements": f"{mesh.nex} x {mesh.ney}", "points": mesh.n_points, "ranks": comm.size,
             "method": name, "ms": 1e3 * s,
             "mpoint_per_s_per_rank": mesh.n_points / s / 1e6 / comm.size,
-            "operator_mb": memory / 2**20, "nnz": nnz.get(name), "deviation": deviation.get(name),
+            "operator_mib": memory / 2**20, "nnz": nnz.get(name), "deviation": deviation.get(name),
+            "ghosts": comm.allreduce(len(part.ghosts)),
         })
-    for obj in (*matrices.values(), xv, yv, ghost):
+    for obj in (*matrices.values(), xv, yv):
         obj.destroy()
     return rows
 
