@@ -56,7 +56,8 @@ def reference():
 def test_taylor(parameter, chunk, reference):
     problem, result = gradient(chunk=chunk) if chunk else reference
     if chunk:
-        assert result.recomputed_steps == problem.time_axis(END, DT).n_steps
+        n = problem.time_axis(END, DT).n_steps  # all chunks but the last are recomputed
+        assert result.recomputed_steps == ((n - 1) // chunk) * chunk
     grad = result.dvp if parameter == "vp" else result.drho
     direction = perturbation(problem.mesh.points[problem.points])
     predicted = grad @ direction

@@ -57,10 +57,14 @@ def _inject(out, idx, w, signals, n):
 
 
 @numba.njit(cache=True, fastmath=True)
-def _accumulate_m0(g0, u, v_new, v, v_old, half_dt_d):
-    """``g0 += u * ((v_new - 2 v + v_old) + dt/2 d (v_new - v_old))`` (the m0 kernel)."""
-    for i in range(g0.shape[0]):
-        g0[i] += u[i] * ((v_new[i] - 2.0 * v[i] + v_old[i]) + half_dt_d[i] * (v_new[i] - v_old[i]))
+def _adjoint_update(v, v_old, kv, cu, co, cf, v_new, g0, u, half_dt_d):
+    """``_update`` of the adjoint field fused with the m0 kernel
+    ``g0 += u ((v_new - 2 v + v_old) + dt/2 d (v_new - v_old))``."""
+    for i in range(v.shape[0]):
+        a = cu[i] * v[i] + co[i] * v_old[i] - cf[i] * kv[i]
+        v_new[i] = a
+        kv[i] = 0.0
+        g0[i] += u[i] * ((a - 2.0 * v[i] + v_old[i]) + half_dt_d[i] * (a - v_old[i]))
 
 
 def sample(u: np.ndarray, sampling: PointSampling) -> np.ndarray:
@@ -119,7 +123,7 @@ class LeapfrogStepper:
         _update(one, one, one.copy(), one, one, one, one.copy())
         _sample(one, idx, w, np.zeros((1, 1)), 0)
         _inject(one, idx, w, w, 0)
-        _accumulate_m0(one.copy(), one, one, one, one, one)
+        _adjoint_update(one, one, one.copy(), one, one, one, one.copy(), one.copy(), one, one)
         self.stiffness.add(np.zeros(self.n_points), np.zeros(self.n_points))
 
     def initial_state(self) -> State:
@@ -225,8 +229,8 @@ class LeapfrogStepper:
             _inject(kv, receivers.indices, receivers.weights, signals, j)
             if self.assemble is not None:
                 self.assemble(kv)
-            _update(v, v_old, kv, self.cu, self.co, self.cf, v_new)
-            _accumulate_m0(g0, u_m, v_new, v, v_old, self.half_dt_d)
+            _adjoint_update(v, v_old, kv, self.cu, self.co, self.cf, v_new, g0, u_m,
+                            self.half_dt_d)
             if lam is not None:
                 _sample(v_new, record.indices, record.weights, lam, m - 1)
             v_old, v, v_new = v, v_new, v_old

@@ -1,0 +1,332 @@
+"""Anisotropic smoothing by diffusion on the SEM mesh (DESIGN.md, "Mapping and smoothing").
+
+Root-only and pure: arrays of the contract mesh layout in (``points (P, 2)``, ``cells (E,
+(N+1)^2)`` with local node ``a = i + (N+1) j``, ``mass (P,)`` the assembled quadrature weights
+``w``), arrays out. PETSc is used on ``COMM_SELF`` only; no files, no MPI collectives.
+
+A smoothing length ``sigma = (sx, sy)`` (metres) is the standard deviation per axis of the
+equivalent Gaussian kernel: the field is diffused by ``du/dt = div(D grad u)`` for unit time
+with ``D = diag(sx^2, sy^2) / 2``, whose kernel is the Gaussian of covariance ``2 D T =
+diag(sx^2, sy^2)``. Boundaries are natural (no flux), so ``sum(w u)`` is conserved.
+
+Discretisation:
+
+- space: the SEM of the simulation, lumped mass ``M = diag(w)`` and the stiffness ``K_D`` of
+  ``div(D grad .)``, applied matrix-free by ``AcousticStiffness`` with the element metric
+  ``G = jw J^-1 D J^-T`` (``ElementGeometry``'s ``g11, g12, g22`` with ``D`` inserted), the
+  geometry taken from the cells' corner points (bilinear quads, checked against ``points``);
+- time: ``n_steps`` backward Euler steps of ``tau = 1 / n_steps``,
+  ``(M + tau K_D) u_{k+1} = M u_k``, each solved by PETSc CG with Jacobi preconditioning
+  through a python shell matrix (unconditionally stable, so the step count is a choice of
+  kernel shape, not of stability).
+
+Backward Euler keeps the moments exact: ``K_D`` annihilates constants and linear fields and
+maps ``x^2`` to ``-2 D_xx w`` away from the boundary (GLL quadrature is exact there, order >= 2),
+so each step adds exactly ``2 D tau`` to the mass-weighted second moments, whatever the step
+count: ``n_steps`` only changes the kernel's shape. One step gives the exponential-tailed
+kernel ``(1 + D k^2)^-1``; ``n`` steps give ``(1 + D k^2 / n)^-n``, which tends to the
+Gaussian (excess kurtosis ``3 / n`` per axis in 1D). ``DEFAULT_STEPS = 8`` is a balance:
+visibly Gaussian, 8 linear solves. The smoothing operator ``S = ((M + tau K_D)^-1 M)^n`` is
+self-adjoint in the mass inner product (``M S`` symmetric).
+
+A gradient ``g = dJ/dp_i`` is a mass-weighted quantity (``g = w * kernel``): smooth its kernel,
+``mass_weighted=True`` does ``w * S(g / w)``, which is ``S^T g``, the gradient of ``J(S x)``.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass, field as dc_field, replace
+
+import numpy as np
+from petsc4py import PETSc
+
+from fwimpi.errors import FwimpiError
+from fwimpi.sem.geometry import ElementGeometry, bilinear_map
+from fwimpi.sem.gll import derivative_matrix, gll_points_weights
+from fwimpi.sem.operators import AcousticStiffness, assembled_sum
+
+DEFAULT_STEPS = 8
+DEFAULT_RTOL = 1e-12
+MAX_ITERATIONS = 10_000
+
+
+class SmoothingError(FwimpiError, ValueError):
+    """Smoothing that cannot be set up or did not converge."""
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def cell_corners(points: np.ndarray, cells: np.ndarray, order: int) -> tuple[np.ndarray,
+                                                                               np.ndarray]:
+    """Corners ``(E, 4, 2)`` (counterclockwise) of ``cells`` and the element-point indices
+    ``ibool (E, n, n)`` ordered ``[e, j, i]``.
+
+    Raises SmoothingError when the cells do not fit ``order`` or their GLL points are not those
+    of bilinear quads through the corners (curved elements are not supported).
+    """
+    points = np.asarray(points, dtype=np.float64)
+    cells = np.asarray(cells)
+    n = order + 1
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise SmoothingError(f"points: expected shape (n_points, 2), got {points.shape}")
+    if cells.ndim != 2 or cells.shape[1] != n * n:
+        raise SmoothingError(f"cells: expected shape (n_elements, {n * n}) for order {order}, "
+                             f"got {cells.shape}")
+    if cells.size and (cells.min() < 0 or cells.max() >= len(points)):
+        raise SmoothingError(f"cells: indices must lie in 0..{len(points) - 1}")
+    ibool = cells.reshape(len(cells), n, n).astype(np.int64)
+    corners = points[ibool[:, [0, 0, -1, -1], [0, -1, -1, 0]]]
+    xi, _ = gll_points_weights(order)
+    x, y = bilinear_map(corners, xi[None, :], xi[:, None])  # [e, j, i]
+    extent = max(np.ptp(points[:, 0]), np.ptp(points[:, 1]), 1.0)
+    gap = max(np.abs(x - points[ibool, 0]).max(initial=0.0),
+              np.abs(y - points[ibool, 1]).max(initial=0.0))
+    if gap > 1e-9 * extent:
+        raise SmoothingError(f"cells: element points are {gap:.3g} m away from the GLL points of "
+                             f"bilinear quads through the corners (curved elements are not "
+                             f"supported)")
+    return corners, ibool
+
+
+def diffusion_metric(corners: np.ndarray, order: int, diffusivity) -> ElementGeometry:
+    """Geometry of bilinear quads ``corners (E, 4, 2)`` whose ``g11, g12, g22`` are the
+    entries of ``jw J^-1 D J^-T`` for the symmetric ``D = diffusivity (2, 2)`` (m^2): with
+    ``D = I`` it is ``element_geometry``'s metric.
+
+    The Jacobian is the bilinear map's, differentiated analytically from corner differences:
+    an axis-aligned rectangle gets ``g12 = 0`` exactly and identical translated rectangles
+    get factors equal to round-off of their sizes (AcousticStiffness's rectangle kernel).
+    """
+    dm = np.asarray(diffusivity, dtype=np.float64)
+    c = np.asarray(corners, dtype=np.float64)
+    xi, w = gll_points_weights(order)
+    XI, ETA = xi[None, None, :], xi[None, :, None]  # [e, j, i]
+    e01, e32 = c[:, 1] - c[:, 0], c[:, 2] - c[:, 3]  # (E, 2): edges along xi
+    e03, e12 = c[:, 3] - c[:, 0], c[:, 2] - c[:, 1]  # along eta
+    d_xi = [(e01[:, k, None, None] * (1 - ETA) + e32[:, k, None, None] * (1 + ETA)) / 4
+            for k in range(2)]
+    d_eta = [(e03[:, k, None, None] * (1 - XI) + e12[:, k, None, None] * (1 + XI)) / 4
+             for k in range(2)]
+    (x_xi, y_xi), (x_eta, y_eta) = d_xi, d_eta
+    det = x_xi * y_eta - x_eta * y_xi
+    if np.any(det <= 0):
+        bad = int(np.flatnonzero((det <= 0).any(axis=(1, 2)))[0])
+        raise SmoothingError(f"cells: element {bad} is degenerate or not counterclockwise")
+    jw = np.outer(w, w)[None] * det
+    scale = jw / det**2
+    # Rows of det * J^-1: grad(xi) * det = (y_eta, -x_eta), grad(eta) * det = (-y_xi, x_xi).
+    a = (y_eta, -x_eta)
+    b = (-y_xi, x_xi)
+
+    def form(u, v):
+        return (dm[0, 0] * u[0] * v[0] + dm[0, 1] * (u[0] * v[1] + u[1] * v[0])
+                + dm[1, 1] * u[1] * v[1])
+
+    x, y = bilinear_map(c, XI[0], ETA[0])
+    return ElementGeometry(order, x, y, jw, scale * form(a, a), scale * form(a, b),
+                           scale * form(b, b))
+
+
+def stiffness_diagonal(geometry: ElementGeometry, ibool: np.ndarray, n_points: int) -> np.ndarray:
+    """Assembled diagonal ``(P,)`` of the stiffness with ``geometry``'s metric (unit m1)."""
+    d = derivative_matrix(geometry.order)
+    d2 = d**2
+    dd = np.outer(np.diag(d), np.diag(d))  # [j, i] -> d[j, j] d[i, i]
+    local = (np.einsum("ejk,ki->eji", geometry.g11, d2)
+             + np.einsum("eki,kj->eji", geometry.g22, d2)
+             + 2.0 * geometry.g12 * dd[None])
+    return assembled_sum(ibool, local, n_points)
+
+
+# --------------------------------------------------------------------------- operator
+
+
+def _sigma(sigma, where: str) -> tuple[float, float]:
+    try:
+        sx, sy = (float(s) for s in sigma)
+    except (TypeError, ValueError):
+        raise SmoothingError(f"{where}: expected (sigma_x, sigma_y) in metres, got "
+                             f"{sigma!r}") from None
+    if not (math.isfinite(sx) and math.isfinite(sy) and sx >= 0 and sy >= 0):
+        raise SmoothingError(f"{where}: smoothing lengths must be finite and >= 0, got "
+                             f"{sigma!r}")
+    return sx, sy
+
+
+class _Shell:
+    """PETSc python-matrix context of ``A = M + tau K_D``."""
+
+    def __init__(self, mass: np.ndarray, stiffness: AcousticStiffness, diagonal: np.ndarray):
+        self.mass, self.stiffness, self.diagonal = mass, stiffness, diagonal
+
+    def mult(self, mat, x, y):
+        xa = x.getArray(readonly=True)
+        with y as ya:
+            np.multiply(self.mass, xa, out=ya)
+            self.stiffness.add(xa, ya)
+
+    def getDiagonal(self, mat, d):
+        with d as da:
+            da[:] = self.diagonal
+
+
+class DiffusionSmoother:
+    """Root-only: the smoothing operator ``S`` of one ``sigma`` on one mesh; call it on
+    fields ``(P,)``. Holds PETSc objects on ``COMM_SELF``; ``destroy()`` frees them.
+
+    ``iterations`` lists the CG iteration count of every solve so far.
+    """
+
+    def __init__(self, points, cells, mass, order: int, sigma, n_steps: int = DEFAULT_STEPS,
+                 rtol: float = DEFAULT_RTOL):
+        self.sigma = _sigma(sigma, "sigma")
+        if not (isinstance(n_steps, (int, np.integer)) and n_steps >= 1):
+            raise SmoothingError(f"n_steps: must be an integer >= 1, got {n_steps!r}")
+        if not (0 < rtol < 1):
+            raise SmoothingError(f"rtol: must lie in (0, 1), got {rtol!r}")
+        self.n_steps, self.rtol = int(n_steps), float(rtol)
+        self.mass = np.ascontiguousarray(mass, dtype=np.float64)
+        self.n_points = len(np.asarray(points))
+        if self.mass.shape != (self.n_points,) or not (self.mass > 0).all():
+            raise SmoothingError(f"mass: expected positive weights of shape ({self.n_points},), "
+                                 f"got shape {self.mass.shape}")
+        self.iterations: list[int] = []
+        self._ksp = None
+        sx, sy = self.sigma
+        self.identity = sx == 0 and sy == 0
+        if self.identity:
+            return
+        corners, ibool = cell_corners(points, cells, order)
+        tau = 1.0 / self.n_steps
+        diffusivity = tau * np.diag([sx * sx, sy * sy]) / 2.0
+        scaled = diffusion_metric(corners, order, diffusivity)
+        # general=False lets AcousticStiffness use its rectangle kernel on meshes of identical
+        # axis-aligned rectangles (same operator, half the memory traffic).
+        stiffness = AcousticStiffness(scaled, ibool, np.ones(self.n_points))
+        diagonal = self.mass + stiffness_diagonal(scaled, ibool, self.n_points)
+        self._shell = _Shell(self.mass, stiffness, diagonal)
+        n = self.n_points
+        self._mat = PETSc.Mat().createPython([n, n], self._shell, comm=PETSc.COMM_SELF)
+        self._mat.setUp()
+        ksp = PETSc.KSP().create(comm=PETSc.COMM_SELF)
+        ksp.setOperators(self._mat)
+        ksp.setType(PETSc.KSP.Type.CG)
+        ksp.getPC().setType(PETSc.PC.Type.JACOBI)
+        ksp.setNormType(PETSc.KSP.NormType.UNPRECONDITIONED)
+        ksp.setTolerances(rtol=self.rtol, atol=0.0, max_it=MAX_ITERATIONS)
+        ksp.setInitialGuessNonzero(True)  # u_k is a good guess for u_{k+1}
+        ksp.setOptionsPrefix("fwimpi_smoothing_")
+        ksp.setFromOptions()
+        self._ksp = ksp
+        self._b, self._u = self._mat.createVecs()
+        # Free the PETSc objects when this smoother goes, and at the latest at exit, before
+        # PETSc finalises (a python shell matrix destroyed after PetscFinalize crashes).
+        self._finalizer = weakref.finalize(self, _destroy, (ksp, self._mat, self._b, self._u))
+
+    def __call__(self, field: np.ndarray) -> np.ndarray:
+        """``S field``: ``n_steps`` backward Euler steps of the diffusion, a new array."""
+        u = np.array(field, dtype=np.float64)
+        if u.shape != (self.n_points,):
+            raise SmoothingError(f"field: expected shape ({self.n_points},), got {u.shape}")
+        if not np.isfinite(u).all():
+            raise SmoothingError("field: values must be finite")
+        if self.identity or not u.any():
+            return u
+        if self._ksp is None:
+            raise SmoothingError("this smoother was destroyed; make a new one")
+        with self._u as ua:
+            ua[:] = u
+        for step in range(self.n_steps):
+            with self._b as ba:
+                np.multiply(self.mass, self._u.getArray(readonly=True), out=ba)
+            self._ksp.solve(self._b, self._u)
+            reason = self._ksp.getConvergedReason()
+            self.iterations.append(self._ksp.getIterationNumber())
+            if reason <= 0:
+                raise SmoothingError(
+                    f"smoothing step {step + 1}/{self.n_steps} (sigma {self.sigma} m): CG did "
+                    f"not converge (reason {reason}, {self._ksp.getIterationNumber()} "
+                    f"iterations, residual {self._ksp.getResidualNorm():.3g})")
+        return self._u.getArray(readonly=True).copy()
+
+    def destroy(self) -> None:
+        """Free the PETSc objects now (the smoother then acts no more)."""
+        if self._ksp is not None:
+            self._finalizer()
+            self._ksp = None
+
+    def __enter__(self) -> "DiffusionSmoother":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()
+
+
+def _destroy(objects) -> None:
+    for obj in objects:
+        obj.destroy()
+
+
+def smooth(field: np.ndarray, sigma, points: np.ndarray, cells: np.ndarray, mass: np.ndarray,
+           order: int, n_steps: int = DEFAULT_STEPS, rtol: float = DEFAULT_RTOL) -> np.ndarray:
+    """Root-only: ``field (P,)`` smoothed with Gaussian-equivalent lengths ``sigma = (sx, sy)``
+    metres by ``n_steps`` backward Euler steps of the diffusion (module docstring)."""
+    smoother = DiffusionSmoother(points, cells, mass, order, sigma, n_steps, rtol)
+    try:
+        return smoother(field)
+    finally:
+        smoother.destroy()
+
+
+@dataclass(frozen=True, eq=False)
+class ConstantSmoothing:
+    """Smoothing lengths per parameter and axis, ``{"VP": (sigma_x, sigma_y)}`` (metres, the
+    Gaussian standard deviations), the same everywhere in the domain."""
+
+    smoothing_lengths_in_meters: MappingABC
+    n_steps: int = DEFAULT_STEPS
+    rtol: float = DEFAULT_RTOL
+    field: str = dc_field(default="smoothing", repr=False)
+
+    def __post_init__(self):
+        raw = self.smoothing_lengths_in_meters
+        where = f"{self.field}.smoothing_lengths_in_meters"
+        if not isinstance(raw, MappingABC) or not raw:
+            raise SmoothingError(f"{where}: must be a non-empty mapping "
+                                 f"{{PARAMETER: (sigma_x, sigma_y)}}, got {raw!r}")
+        lengths = {str(k): _sigma(v, f"{where}.{k}") for k, v in raw.items()}
+        object.__setattr__(self, "smoothing_lengths_in_meters", lengths)
+
+    @classmethod
+    def from_config(cls, cfg) -> "ConstantSmoothing":
+        """From the job spec's ``SmoothingConfig`` (duck-typed)."""
+        return cls(dict(cfg.smoothing_lengths_in_meters))
+
+    def apply(self, fields: MappingABC, points: np.ndarray, cells: np.ndarray,
+              mass: np.ndarray, order: int, mass_weighted: bool = False) -> dict[str, np.ndarray]:
+        """Root-only: every field of ``fields``, the ones with smoothing lengths smoothed
+        (others copied). ``mass_weighted``: the fields are gradients ``w * kernel``; smooth
+        their kernels (``w * S(g / w)``). One operator per distinct ``sigma``."""
+        missing = set(self.smoothing_lengths_in_meters) - set(fields)
+        if missing:
+            raise SmoothingError(f"{self.field}.smoothing_lengths_in_meters: no field "
+                                 f"{', '.join(sorted(missing))} to smooth (fields: "
+                                 f"{', '.join(fields) or 'none'})")
+        mass = np.asarray(mass, dtype=np.float64)
+        out = {name: np.array(value, dtype=np.float64) for name, value in fields.items()}
+        smoothers: dict[tuple[float, float], DiffusionSmoother] = {}
+        try:
+            for name, sigma in self.smoothing_lengths_in_meters.items():
+                if sigma not in smoothers:
+                    smoothers[sigma] = DiffusionSmoother(points, cells, mass, order, sigma,
+                                                         self.n_steps, self.rtol)
+                s = smoothers[sigma]
+                out[name] = mass * s(out[name] / mass) if mass_weighted else s(out[name])
+        finally:
+            for s in smoothers.values():
+                s.destroy()
+        return out

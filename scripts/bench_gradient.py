@@ -1,0 +1,124 @@
+"""Benchmark of the gradient: forward time, gradient time (forward with checkpoints +
+adjoint), their ratio and peak memory per rank, for several sampling intervals and memory
+budgets, on the tutorial mesh and a 16x larger one. Each configuration runs in a fresh
+process (one rank) so that its peak memory (max RSS) is its own; with ``--compare`` it
+also prints the relative L2 difference of the intervals' gradients against interval 1.
+
+Goals (issue 4): gradient / forward <= 2.5 with all chunks in memory, <= 3.5 with
+recomputation; peak memory of the gradient run <= 2x the forward run's under the default
+budget.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def one(refine: int, interval: int, budget_mb: float | None, save: str | None) -> dict:
+    """Run one configuration here; budget None means a forward run only."""
+    from fwimpi.inversion.forward import ForwardProblem, PointSource
+    from fwimpi.inversion.gradient import CheckpointIO, event_gradient, plan_chunks
+    from fwimpi.mesh.model import ModelEvaluator, ModelSource
+    from fwimpi.mesh.structured import Box, build_mesh
+    from fwimpi.sem.misfits import l2_energy
+    from fwimpi.sem.timestepper import State
+
+    domain = Box(0.0, 3000.0, -1000.0, 0.0)
+    model = ModelEvaluator(ModelSource("1500.0 - y", "1000.0 - y"), domain)
+    mesh = build_mesh(domain, 1400.0, 75.0 / refine, 4)
+    problem = ForwardProblem(mesh, model, absorbing_width=1400.0, reference_velocity=2000.0)
+    axis = problem.time_axis(2.0)
+    sources = [PointSource(500.0, -500.0, 1.0)]
+    receivers = np.column_stack((np.linspace(100, 2900, 10), np.zeros(10)))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    row = {"points": mesh.n_points, "steps": axis.n_steps, "interval": interval,
+           "budget_mb": budget_mb, "setup_rss_mb": base}
+    if budget_mb is None:
+        _, _, seconds = problem.simulate(sources, receivers, axis, 5.0)
+        row.update(seconds=seconds)
+    else:
+        chunk = plan_chunks(axis.n_steps, interval, problem.n_local_points, budget_mb * 2**20)
+        with tempfile.TemporaryDirectory() as tmp:  # checkpoints on disk, as in a job
+            from mpi4py import MPI
+
+            from fwimpi.parallel.checkpoints import CheckpointWriter
+
+            writer = CheckpointWriter(MPI.COMM_SELF, Path(tmp) / "cp.h5", 0,
+                                      problem.n_local_points, problem.n_local_points, {})
+
+            def load(n):
+                u, u_old = writer.load(n)
+                return State(n, u.copy(), u_old.copy())
+
+            io = CheckpointIO(chunk, save=lambda n, st: writer.save(n, st.u, st.u_old),
+                              load=load)
+            start = time.perf_counter()
+            result = event_gradient(problem, axis, sources, receivers, 5.0, None,
+                                    lambda keep, tr: l2_energy(tr, axis.dt),
+                                    interval=interval, chunk=chunk, checkpoints=io)
+            seconds = time.perf_counter() - start
+            writer.abandon()
+        row.update(seconds=seconds, forward_seconds=result.forward_seconds,
+                   adjoint_seconds=result.adjoint_seconds, chunk=chunk,
+                   in_memory=chunk >= axis.n_steps, recomputed=result.recomputed_steps,
+                   wavefield_mb=result.wavefield_bytes / 2**20)
+        if save:
+            np.save(save, result.dvp)
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return row
+
+
+def spawn(*args) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", *map(str, args)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--refine", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--budgets", type=float, nargs="+", default=[128.0, 2048.0],
+                   help="per-rank budgets in MB (the first is the default)")
+    p.add_argument("--intervals", type=int, nargs="+", default=[1, 5, 10, 20])
+    p.add_argument("--compare", action="store_true", help="print gradient differences")
+    args = p.parse_args()
+    if args.one:
+        refine, interval, budget, save = args.one
+        print(json.dumps(one(int(refine), int(interval),
+                             None if budget == "none" else float(budget),
+                             None if save == "none" else save)))
+        return
+    print(f"{'points':>9} {'steps':>6} {'interval':>8} {'budget MB':>9} {'chunk':>6} "
+          f"{'fwd s':>7} {'grad s':>7} {'ratio':>6} {'peak MB':>8} {'fwd peak MB':>11} "
+          f"{'mem ratio':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for refine in args.refine:
+            fwd = spawn(refine, 1, "none", "none")
+            for budget in args.budgets:
+                for interval in args.intervals:
+                    save = f"{tmp}/g{refine}_{interval}_{budget}.npy" if args.compare else "none"
+                    r = spawn(refine, interval, budget, save)
+                    print(f"{r['points']:>9,d} {r['steps']:>6d} {interval:>8d} {budget:>9.0f} "
+                          f"{r['chunk']:>6d} {fwd['seconds']:>7.3f} {r['seconds']:>7.3f} "
+                          f"{r['seconds'] / fwd['seconds']:>6.2f} {r['peak_rss_mb']:>8.0f} "
+                          f"{fwd['peak_rss_mb']:>11.0f} "
+                          f"{r['peak_rss_mb'] / fwd['peak_rss_mb']:>9.2f}"
+                          f"{'  (all in memory)' if r['in_memory'] else ''}", flush=True)
+                if args.compare:
+                    ref = np.load(f"{tmp}/g{refine}_1_{budget}.npy")
+                    for interval in args.intervals[1:]:
+                        g = np.load(f"{tmp}/g{refine}_{interval}_{budget}.npy")
+                        print(f"    interval {interval:>2}: relative L2 difference of dJ/dVP "
+                              f"against interval 1: {np.linalg.norm(g - ref) / np.linalg.norm(ref):.3e}")
+
+
+if __name__ == "__main__":
+    main()
