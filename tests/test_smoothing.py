@@ -64,15 +64,17 @@ def test_impulse_second_moments_are_the_smoothing_lengths_squared(tutorial, cent
     # Backward Euler keeps the moments exact on the discrete mesh (module docstring):
     # far stricter than the 3% of the contract.
     assert abs(mo.xx / sx**2 - 1) < 1e-6 and abs(mo.yy / sy**2 - 1) < 1e-6
-    # A smooth bump: maximum at the impulse, nearly all of it within 4 sigma.
-    assert np.argmax(u) == np.argmax(u0)
+    # A bump: maximum at the impulse, non-negative to round-off, nearly all of it within
+    # 4 sigma (a Gaussian leaves 3.4e-4 outside; 8 backward Euler steps have heavier tails).
+    assert np.argmax(u) == np.argmax(u0) and u.min() > -1e-12 * u.max()
     far = np.hypot((tutorial.points[:, 0] - at[0]) / sx, (tutorial.points[:, 1] - at[1]) / sy) > 4
-    assert np.abs(tutorial.mass * u)[far].sum() < 1e-3
+    assert np.abs(tutorial.mass * u)[far].sum() < 2.5e-3
 
 
 def test_moments_are_exact_for_any_step_count(tutorial):
+    """Up to the flux through the boundary: one step's exponential tail reaches it (2e-5)."""
     u0, at = impulse(tutorial, (1500.0, -500.0))
-    for steps in (1, 3):
+    for steps in (3, 16):
         u = smooth(u0, SIGMA, tutorial.points, tutorial.cells, tutorial.mass, tutorial.order,
                    n_steps=steps)
         mo = moments(tutorial, u, at)
@@ -84,11 +86,12 @@ def test_symmetric_in_the_mass_inner_product(tutorial):
     rng = np.random.default_rng(3)
     a, b = rng.standard_normal((2, len(tutorial.points)))
     S = tutorial.smoother
-    lhs, rhs = (tutorial.mass * S(a)) @ b, (tutorial.mass * a) @ S(b)
+    sa, sb = S(a), S(b)
+    lhs, rhs = (tutorial.mass * sa) @ b, (tutorial.mass * a) @ sb
     assert abs(lhs - rhs) <= 1e-10 * abs(lhs)
-    assert tutorial.mass @ S(a) == pytest.approx(tutorial.mass @ a, rel=1e-9, abs=1e-9)
+    assert tutorial.mass @ sa == pytest.approx(tutorial.mass @ a, rel=1e-9, abs=1e-9)
     # Diffusion damps: ||S a||_M < ||a||_M, constants are kept.
-    assert (tutorial.mass * S(a)) @ S(a) < 0.1 * (tutorial.mass * a) @ a
+    assert (tutorial.mass * sa) @ sa < 0.1 * (tutorial.mass * a) @ a
     assert np.allclose(S(np.ones(len(a))), 1.0, rtol=0, atol=1e-10)
 
 
@@ -108,10 +111,10 @@ def test_zero_lengths_are_the_identity_and_one_length_smooths_one_axis(tutorial)
 
 def test_sheared_mesh_uses_the_physical_axes():
     """Parallelogram elements (the general kernel): the lengths are still along x and y."""
-    m = contract_arrays(build_mesh(Box(0.0, 1600.0, -800.0, 0.0), 0.0, 50.0, 4), shear=0.5)
+    m = contract_arrays(build_mesh(Box(0.0, 2400.0, -1000.0, 0.0), 0.0, 60.0, 4), shear=0.5)
     with DiffusionSmoother(m.points, m.cells, m.mass, m.order, SIGMA) as S:
         assert not S._shell.stiffness.rectangles
-        u0, at = impulse(m, (400.0, -400.0))  # x' = 800 - 0.5 * 400
+        u0, at = impulse(m, (950.0, -500.0))  # the centre, x' = 1200 - 0.5 * 500
         mo = moments(m, S(u0), at)
     assert abs(mo.xx / SIGMA[0] ** 2 - 1) < 1e-6 and abs(mo.yy / SIGMA[1] ** 2 - 1) < 1e-6
     assert abs(mo.xy) < 1e-6 * SIGMA[0] * SIGMA[1]
@@ -145,7 +148,8 @@ def test_constant_smoothing_applies_per_parameter(tutorial):
     fields = {"VP": rng.standard_normal(len(tutorial.points)),
               "RHO": rng.standard_normal(len(tutorial.points))}
     args = (tutorial.points, tutorial.cells, tutorial.mass, tutorial.order)
-    cs = ConstantSmoothing.from_config(SimpleNamespace(smoothing_lengths_in_meters={"VP": [100, 50]}))
+    config = SimpleNamespace(smoothing_lengths_in_meters={"VP": [100, 50]})
+    cs = ConstantSmoothing.from_config(config)
     assert cs.smoothing_lengths_in_meters == {"VP": (100.0, 50.0)}
     out = cs.apply(fields, *args)
     assert np.allclose(out["VP"], tutorial.smoother(fields["VP"]), rtol=0, atol=1e-12)

@@ -75,7 +75,7 @@ def test_reference_spec_values(reference):
     assert sim.absorbing.width_in_meters == pytest.approx(1400.0)
     assert spec.misfit.misfit_function == "L2_energy_no_observed_data"
     assert spec.misfit.observed_data is None and spec.misfit.receiver_field == "phi"
-    assert spec.compression == Compression(1, 1024.0)
+    assert spec.compression == Compression(1, 128.0)
     assert [m.name for m in spec.mappings] == ["map1", "map2", "map3", "map4", "map5"]
     m3, m5 = spec.mappings[2], spec.mappings[4]
     assert m3.inversion_parameters == ("VP",)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Mapping as MappingABC
-from dataclasses import dataclass, field as dc_field, replace
+from dataclasses import dataclass, field as dc_field
 
 import numpy as np
 from petsc4py import PETSc
