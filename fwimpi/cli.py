@@ -18,6 +18,8 @@ EPILOG = """examples:
   fwimpi validate jobs/mapping_tutorial.yaml     check a job spec, print mesh size and time step
   fwimpi run jobs/mapping_tutorial.yaml          run it (receivers, misfit, summary.json)
   fwimpi run jobs/mapping_tutorial.yaml --forward-only
+  fwimpi plot runs/mapping-tutorial/gradient.h5 --field VP --clip 0.1
+  fwimpi plot runs/mapping-tutorial/events/event/receivers.h5
   fwimpi export runs/mapping-tutorial/model.h5   write model.vtu beside it for ParaView
 """
 
@@ -45,6 +47,16 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             r.add_argument("--site", help="site name under configs/sites (default: the spec's)")
             r.add_argument("--ranks", type=int, help="override ranks_per_job")
+
+    pl = sub.add_parser("plot", help="plot a model, gradient or receivers file as PNG",
+                        description="Plot a field of an fwimpi mesh file (gradients as kernels "
+                        "gradient/mass, symmetric colour scale) or the traces of a receivers file.")
+    pl.add_argument("file", type=Path, help="HDF5 file (model, gradient, receivers)")
+    pl.add_argument("-o", "--output", type=Path, help="PNG path (default: beside the input)")
+    pl.add_argument("--field", help="field to plot (default: the first; phi for receivers)")
+    pl.add_argument("--clip", type=float, help="clip the colour scale at this fraction of the max")
+    pl.add_argument("--no-crop", action="store_true", help="show the absorbing margins too")
+    pl.add_argument("--event", help="event of a receivers file (default: the first)")
 
     e = sub.add_parser("export", help="convert an fwimpi mesh HDF5 file to VTU",
                        description="Write the mesh and fields of an fwimpi HDF5 file as VTU.")
@@ -125,6 +137,31 @@ def _exec(args, in_process: bool = False) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    import h5py
+
+    from .jobs.plotting import plot_field, plot_traces
+
+    if not args.file.is_file():
+        raise ConfigError(f"file: no such file {args.file}")
+    try:
+        with h5py.File(args.file, "r") as f:
+            fmt = str(f.attrs.get("format", ""))
+    except OSError as err:
+        raise ConfigError(f"file: {args.file} is not an HDF5 file: {err}") from None
+    suffix = f"_{args.field}" if args.field else ""
+    suffix += f"_clip{args.clip:g}" if args.clip else ""
+    target = args.output or args.file.with_name(f"{args.file.stem}{suffix}.png")
+    if fmt.startswith("fwimpi-receivers"):
+        plot_traces(args.file, target, args.event, args.field or "phi")
+    elif fmt.startswith("fwimpi-mesh"):
+        plot_field(args.file, target, args.field, args.clip, crop=not args.no_crop)
+    else:
+        raise ConfigError(f"file: {args.file} is not an fwimpi mesh or receivers file")
+    print(target)
+    return 0
+
+
 def _export(args) -> int:
     from .mesh.files import read_mesh_h5, write_vtu
 
@@ -143,7 +180,8 @@ def _export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.quiet)
-    commands = {"validate": _validate, "run": _run, "exec": _exec, "export": _export}
+    commands = {"validate": _validate, "run": _run, "exec": _exec, "plot": _plot,
+                "export": _export}
     try:
         return commands[args.command](args)
     except ConfigError as err:

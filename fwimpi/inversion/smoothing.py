@@ -21,13 +21,20 @@ Discretisation:
   kernel shape, not of stability).
 
 Backward Euler keeps the moments exact: ``K_D`` annihilates constants and linear fields and
-maps ``x^2`` to ``-2 D_xx w`` away from the boundary (GLL quadrature is exact there, order >= 2),
-so each step adds exactly ``2 D tau`` to the mass-weighted second moments, whatever the step
-count: ``n_steps`` only changes the kernel's shape. One step gives the exponential-tailed
-kernel ``(1 + D k^2)^-1``; ``n`` steps give ``(1 + D k^2 / n)^-n``, which tends to the
-Gaussian (excess kurtosis ``3 / n`` per axis in 1D). ``DEFAULT_STEPS = 8`` is a balance:
-visibly Gaussian, 8 linear solves. The smoothing operator ``S = ((M + tau K_D)^-1 M)^n`` is
-self-adjoint in the mass inner product (``M S`` symmetric).
+maps ``x^2`` to ``-2 D_xx w`` away from the boundary (GLL quadrature is exact there for straight-
+sided elements of order >= 2), so each step adds exactly ``2 D tau`` to the mass-weighted second
+moments, whatever the step count: ``n_steps`` only changes the kernel's shape. One step gives
+the exponential-tailed kernel ``(1 + k.Dk)^-1`` in Fourier space; ``n`` steps give ``(1 +
+k.Dk / n)^-n``, which tends to the Gaussian ``exp(-k.Dk)`` (excess kurtosis ``3 / n`` per axis
+in 1D). ``DEFAULT_STEPS = 8`` is a balance: close to Gaussian (1.6e-3 of an impulse's integral
+lies beyond 4 sigma, 3.4e-4 for the Gaussian), 8 linear solves. The smoothing operator
+``S = ((M + tau K_D)^-1 M)^n`` is self-adjoint in the mass inner product (``M S`` symmetric).
+Near a boundary the kernel is reflected (no flux), not truncated: nothing leaks out.
+
+Cost: CG iterations per step grow like ``sigma / h_min`` (``h_min`` the smallest GLL spacing),
+the same factor by which a finer mesh needs more time steps, so smoothing keeps its ratio to a
+forward run under refinement. Tutorial mesh (40377 points), sigma (100, 50) m: 440 CG
+iterations in all, 0.26 s on one core, against the forward run's 1283 time steps.
 
 A gradient ``g = dJ/dp_i`` is a mass-weighted quantity (``g = w * kernel``): smooth its kernel,
 ``mass_weighted=True`` does ``w * S(g / w)``, which is ``S^T g``, the gradient of ``J(S x)``.
