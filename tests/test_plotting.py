@@ -21,8 +21,6 @@ def is_png(path):
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
-
-
 def test_plot_outputs_exist(products, tmp_path):
     out, _ = products
     for name, kwargs in (("a.png", {}), ("b.png", {"clip": 0.1}), ("c.png", {"crop": False})):
