@@ -195,3 +195,14 @@ def test_observed_data_with_another_time_step_is_rejected(tmp_path, capsys):
     assert main(["run", str(job)]) == 2
     assert "misfit_configuration.observed_data" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("roi", ["__import__('os').system('touch pwned')", "z < 1", "y <"])
+def test_bad_region_of_interest_is_rejected_before_any_work(tmp_path, capsys, roi):
+    job = write_job(tmp_path, **{"output: out": f"""mappings:
+  - {{name: m, inversion_parameters: [VP], region_of_interest: "{roi}"}}
+output: out"""})
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "mappings[0].region_of_interest" in err and err.count(chr(10)) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()

@@ -20,7 +20,17 @@ pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed")
 
 JOB = SMALL_JOB.replace("end_time_in_seconds: 0.6", "end_time_in_seconds: 0.5").replace(
     "{linspace: [100.0, 900.0, 5]}", "{linspace: [0.0, 1000.0, 11]}").replace(
-    "y: 0.0, fields", "y: -250.0, fields")  # receivers on element edges and rank interfaces
+    "y: 0.0, fields", "y: -250.0, fields").replace(  # receivers on edges and rank interfaces
+    "output: out", """mappings:
+  - {name: map_a, inversion_parameters: [VP], scaling: absolute,
+     source_cutout_radius_in_meters: 150.0}
+  - {name: map_b, inversion_parameters: [VP, RHO], scaling: relative_deviation_from_prior,
+     receiver_cutout_radius_in_meters: 60.0, region_of_interest: "y < -100.0"}
+smoothing:
+  apply_to: map_b
+  type: ConstantSmoothing
+  smoothing_lengths_in_meters: {VP: [100.0, 50.0], RHO: [60.0, 60.0]}
+output: out""")
 
 
 def mpirun(n: int, *argv, timeout=180):
@@ -123,3 +133,21 @@ def test_checkpoints_are_reused_only_with_the_same_settings(runs):
     assert "ranks_per_job 2 -> 3" in other.stderr and "runs again" in other.stderr
     assert np.allclose(read(runs[2] / "events/ev1/gradient.h5", "/fields/VP"), before,
                        rtol=0, atol=1e-12 * np.abs(before).max())
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_mapped_and_smoothed_files_equal_the_one_rank_files(runs, n):
+    summary = json.loads((runs[n] / "summary.json").read_text())
+    ref = json.loads((runs[1] / "summary.json").read_text())
+    assert summary["mappings"] == {"map_a": "mappings/map_a.h5", "map_b": "mappings/map_b.h5"}
+    assert summary["smoothed"] == {"map_b": "smoothed/map_b.h5"}
+    assert summary["plots"] == ref["plots"] and all((runs[n] / p).exists() for p in summary["plots"])
+    for rel, fields in (("mappings/map_a.h5", ["VP"]), ("mappings/map_b.h5", ["VP", "RHO"]),
+                        ("smoothed/map_b.h5", ["VP", "RHO"])):
+        for name in fields:
+            a, b = read(runs[1] / rel, f"/fields/{name}"), read(runs[n] / rel, f"/fields/{name}")
+            assert np.abs(a).max() > 0
+            assert np.linalg.norm(b - a) <= 1e-12 * np.linalg.norm(a), (rel, name)
+    with h5py.File(runs[n] / "smoothed/map_b.h5", "r") as f:
+        assert f.attrs["kind"] == "smoothed_gradient"
+        assert "RHO" in f["fields"] and "VP" in f["fields"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError
+from ..errors import ConfigError, FwimpiError
 from ..inversion.forward import COURANT_FACTOR, ForwardProblem, PointSource, TimeAxis
 from ..inversion.gradient import CheckpointIO, event_gradient, plan_chunks
 from ..sem.timestepper import State
@@ -89,12 +89,28 @@ def _absorbing(spec: JobSpec) -> dict:
             "reference_velocity": ab.reference_velocity if ab else 1.0}
 
 
+def _check_mappings(spec: JobSpec) -> None:
+    """Build every mapping and the smoothing once, so that bad settings (an unsafe or
+    invalid region-of-interest expression, say) stop the job before any work."""
+    from ..inversion.mapping import Mapping, MappingError
+    from ..inversion.smoothing import ConstantSmoothing, SmoothingError
+
+    try:
+        for index, config in enumerate(spec.mappings):
+            Mapping.from_config(config, index)
+        if spec.smoothing is not None:
+            ConstantSmoothing.from_config(spec.smoothing)
+    except (MappingError, SmoothingError) as err:
+        raise ConfigError(str(err)) from None
+
+
 def validate(spec: JobSpec, ranks: int) -> dict:
     """Every check of a run, serially and without MPI; returns the derived settings.
 
     Raises ConfigError. This is what ``fwimpi validate`` and ``fwimpi run`` do before
     any MPI work or output.
     """
+    _check_mappings(spec)
     evaluator, mesh, vmin, _ = _model(spec)
     decompose(mesh, ranks)  # rejects more ranks than the mesh can take
     problem = ForwardProblem(mesh, evaluator, **_absorbing(spec))
@@ -113,6 +129,7 @@ def prepare(spec: JobSpec, comm) -> Setup:
 
     from ..parallel.petsc import HaloExchange, NaturalOrder
 
+    _check_mappings(spec)
     evaluator, mesh, vmin, h = _model(spec)
     decomposition = decompose(mesh, comm.size)
     part = local_part(mesh, decomposition, comm.rank)
@@ -337,6 +354,7 @@ def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
     seconds = {"forward": 0.0, "adjoint": 0.0}
     total = {"VP": np.zeros(problem.n_local_points), "RHO": np.zeros(problem.n_local_points)}
     total_misfit = 0.0
+    raw: dict[str, dict[str, np.ndarray] | None] = {}
     for event in spec.events:
         xy = np.array([[r.x, r.y] for r in event.receivers])
         sources = [PointSource(s.x, s.y, s.f) for s in event.sources]
@@ -370,6 +388,7 @@ def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
                 forward_wavefield_sampling_interval=interval)
             total["VP"] += result.dvp
             total["RHO"] += result.drho
+            raw[event.name] = _gather_natural(setup, {"VP": result.dvp, "RHO": result.drho})
         traces = _gather_traces(comm, keep, traces, len(xy))
         if gradients:
             checkpoints.finish(traces, (len(xy), axis.n_steps + 1))
@@ -396,11 +415,15 @@ def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
         summary["gradient"] = write_fields("gradient.h5", total, kind="raw_gradient",
                                            event="sum", misfit=total_misfit,
                                            forward_wavefield_sampling_interval=interval)
+    if gradients and spec.mappings:
+        prior = _gather_natural(setup, {"VP": problem.vp, "RHO": problem.rho})
+        mass = _gather_natural(setup, {"w": problem.weights})
+        products = _on_root(comm, lambda: map_and_smooth(
+            spec, mesh, raw, prior, mass and mass["w"], out, attrs))
+        summary.update(products or {})
     peak = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, op=MPI.MAX)
     if not root:
         return None
-    if gradients and spec.mappings:
-        log.warning("mappings and smoothing are not implemented yet in fwimpi %s", __version__)
     summary["simulation"] = {
         "ranks": comm.size, **info,
         "forward_seconds": seconds["forward"], "adjoint_seconds": seconds["adjoint"],
@@ -409,3 +432,82 @@ def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
     write_json_atomic(out / "summary.json", summary)
     log.info("wrote %s", out / "summary.json")
     return summary
+
+
+def _gather_natural(setup: Setup, fields: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Collective: whole fields ``(P,)`` in natural order on rank 0 (None elsewhere)."""
+    comm, natural = setup.comm, setup.natural
+    out = {}
+    for name, local in fields.items():
+        parts = comm.gather(natural.to_natural(local), root=0)
+        if comm.rank == 0:
+            out[name] = np.concatenate(parts)
+    return out if comm.rank == 0 else None
+
+
+def _on_root(comm, step):
+    """Run ``step()`` on rank 0 while the others wait; an error there ends every rank.
+
+    Returns the step's result on rank 0 (None elsewhere).
+    """
+    result, error = None, None
+    if comm.rank == 0:
+        try:
+            result = step()
+        except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
+            error = err
+    message = comm.bcast(None if error is None else f"{type(error).__name__}: {error}", root=0)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise FwimpiError(f"the root-only step failed on rank 0: {message}")
+    return result
+
+
+#: Clip levels of the PNGs of every mapped and smoothed gradient (None: no clipping);
+#: the tutorial shows its gradients at these.
+PLOT_CLIPS = (None, 0.1, 0.8)
+
+
+def map_and_smooth(spec: JobSpec, mesh: StructuredMesh, raw: dict, prior: dict,
+                   mass: np.ndarray, out: Path, attrs: dict) -> dict:
+    """Root-only: each mapping of the raw gradients (per event, with that event's cutouts,
+    summed over events), the smoothing of one of them, their files and plots."""
+    from ..inversion.mapping import EventGeometry, Mapping
+    from ..inversion.smoothing import ConstantSmoothing
+    from ..mesh.files import write_mesh_h5
+    from .plotting import plot_field
+
+    points, cells = mesh.points, mesh.cells
+    products = {"mappings": {}, "smoothed": {}, "plots": []}
+    mapped = {}
+
+    def write(rel: str, fields: dict, **extra) -> str:
+        write_mesh_h5(out / rel, points, cells, mass, fields, {**attrs, "nprocs": 1, **extra})
+        for clip in PLOT_CLIPS:
+            png = Path(rel).with_suffix("").as_posix() + (f"_clip{clip:g}" if clip else "") + ".png"
+            plot_field(out / rel, out / png, clip=clip)
+            products["plots"].append(png)
+        return rel
+
+    for index, config in enumerate(spec.mappings):
+        mapping = Mapping.from_config(config, index)
+        fields = None
+        for event in spec.events:
+            geometry = EventGeometry.from_events([event])
+            g = mapping.adjoint(raw[event.name], prior, points, geometry)
+            fields = g if fields is None else {k: fields[k] + g[k] for k in g}
+        mapped[config.name] = fields
+        products["mappings"][config.name] = write(
+            f"mappings/{config.name}.h5", fields, kind="mapped_gradient", mapping=config.name,
+            scaling=config.scaling)
+        log.info("mapping %s written", config.name)
+    if spec.smoothing is not None:
+        name = spec.smoothing.apply_to
+        smoothed = ConstantSmoothing.from_config(spec.smoothing).apply(
+            mapped[name], points, cells, mass, mesh.order, mass_weighted=True)
+        products["smoothed"][name] = write(
+            f"smoothed/{name}.h5", smoothed, kind="smoothed_gradient", mapping=name,
+            smoothing_lengths_in_meters=dict(spec.smoothing.smoothing_lengths_in_meters))
+        log.info("smoothed gradient of %s written", name)
+    return products
