@@ -110,6 +110,11 @@ def _run(args) -> int:
 
 def _exec(args, in_process: bool = False) -> int:
     """Run the job on COMM_WORLD (what a site launches). An error on any rank ends all."""
+    import os
+
+    # Debian's h5py loads its MPI build only when it sees an MPI launcher's variables,
+    # which srun does not set (DESIGN.md): say so before anything imports h5py.
+    os.environ.setdefault("H5PY_ALWAYS_USE_MPI", "1")
     from mpi4py import MPI
 
     from .jobs.runner import run_job
