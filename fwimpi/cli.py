@@ -5,14 +5,18 @@ written), 1 for any other failure.
 """
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, FwimpiError
+
+log = logging.getLogger("fwimpi")
 
 EPILOG = """examples:
   fwimpi validate jobs/mapping_tutorial.yaml     check a job spec, print mesh size and time step
@@ -89,6 +93,7 @@ def _run(args) -> int:
     from .jobs.runner import validate
     from .jobs.sites import load_site
     from .jobs.spec import load_job_spec
+    from .jobs.state import LOCK_ENV, JobState, OutputLock, product_hashes
 
     spec = load_job_spec(args.job)
     if args.ranks is not None and args.ranks < 1:
@@ -96,12 +101,21 @@ def _run(args) -> int:
     ranks = args.ranks or spec.ranks_per_job
     site = load_site(args.site or spec.site)
     validate(spec, ranks)  # every input check, before any MPI work or output
-    if ranks == 1:
-        return _exec(args, in_process=True)
-    extra = ("--forward-only",) if args.forward_only else ()
-    command = site.command(ranks, args.job.resolve(), extra)
-    logging.getLogger("fwimpi").info("launching: %s", " ".join(command))
-    code = subprocess.run(command).returncode
+    gradients = spec.misfit is not None and not args.forward_only
+    state = JobState(spec.output, product_hashes(spec, gradients))
+    if state.all_done() and (spec.output / "summary.json").is_file():
+        log.info("all products of job %s are already computed; not run again", spec.name)
+        print(json.dumps(json.loads((spec.output / "summary.json").read_text())["simulation"],
+                         indent=2))
+        return 0
+    with OutputLock(spec.output) as lock:
+        os.environ[LOCK_ENV] = lock.token  # the ranks started below find the lock theirs
+        if ranks == 1:
+            return _exec(args, in_process=True)
+        extra = ("--forward-only",) if args.forward_only else ()
+        command = site.command(ranks, args.job.resolve(), extra)
+        log.info("launching: %s", " ".join(command))
+        code = subprocess.run(command).returncode
     if code == 0:
         summary = json.loads((spec.output / "summary.json").read_text())
         print(json.dumps(summary["simulation"], indent=2))
@@ -110,7 +124,6 @@ def _run(args) -> int:
 
 def _exec(args, in_process: bool = False) -> int:
     """Run the job on COMM_WORLD (what a site launches). An error on any rank ends all."""
-    import os
 
     # Debian's h5py loads its MPI build only when it sees an MPI launcher's variables,
     # which srun does not set (DESIGN.md): say so before anything imports h5py.
@@ -123,7 +136,8 @@ def _exec(args, in_process: bool = False) -> int:
     comm = MPI.COMM_WORLD
     try:
         spec = load_job_spec(args.job)
-        summary = run_job(spec, comm, forward_only=args.forward_only)
+        with _collective_lock(comm, spec.output):
+            summary = run_job(spec, comm, forward_only=args.forward_only)
     except Exception as err:  # noqa: BLE001 - any error must end every rank, never hang
         if comm.size == 1:
             raise
@@ -140,6 +154,30 @@ def _exec(args, in_process: bool = False) -> int:
     if summary is not None and in_process:
         print(json.dumps(summary["simulation"], indent=2))
     return 0
+
+
+@contextlib.contextmanager
+def _collective_lock(comm, output: Path):
+    """Rank 0 takes the output folder's lock (or finds it held by its launcher) and removes
+    the temp files of a killed run; every rank raises if it cannot."""
+    from .jobs.state import OutputLock, remove_stale_temp_files
+
+    lock, error = OutputLock(output), None
+    if comm.rank == 0:
+        try:
+            lock.__enter__()
+            for tmp in remove_stale_temp_files(output):
+                log.info("removed %s, left by an interrupted run", tmp)
+        except ConfigError as err:
+            error = str(err)
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        raise ConfigError(error)
+    try:
+        yield
+    finally:
+        if comm.rank == 0:
+            lock.__exit__(None, None, None)
 
 
 def _plot(args) -> int:

@@ -206,3 +206,19 @@ output: out"""})
     err = capsys.readouterr().err
     assert "mappings[0].region_of_interest" in err and err.count(chr(10)) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_validation_does_not_initialise_mpi(tmp_path):
+    # A launcher that initialised MPI (importing mpi4py.MPI or petsc4py.PETSc) as a singleton
+    # cannot start mpirun children: validation must stay free of both.
+    job = write_job(tmp_path, **{"output: out": """mappings:
+  - {name: m, inversion_parameters: [VP], region_of_interest: "y < -100.0"}
+smoothing: {apply_to: m, type: ConstantSmoothing, smoothing_lengths_in_meters: {VP: [50.0, 50.0]}}
+output: out"""})
+    code = ("import sys; from fwimpi.jobs.spec import load_job_spec; "
+            "from fwimpi.jobs.runner import validate; "
+            f"validate(load_job_spec({str(job)!r}), 2); "
+            "bad = [m for m in ('mpi4py.MPI', 'petsc4py.PETSc') if m in sys.modules]; "
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -123,11 +123,15 @@ def test_gradients_equal_the_one_rank_gradients(runs, n):
 def test_checkpoints_are_reused_only_with_the_same_settings(runs):
     folder = runs[2].parent
     before = read(runs[2] / "events/ev1/gradient.h5", "/fields/VP")
+    cached = mpirun(2, "-m", "fwimpi.cli", "exec", str(folder / "job.yaml"))
+    assert cached.returncode == 0 and "already computed; not run again" in cached.stderr
+    (runs[2] / ".fwimpi-state.json").unlink()  # forget the products, keep the checkpoints
     again = mpirun(2, "-m", "fwimpi.cli", "exec", str(folder / "job.yaml"))
     assert again.returncode == 0, again.stderr
     assert "checkpoints of an earlier run reused" in again.stderr
     after = read(runs[2] / "events/ev1/gradient.h5", "/fields/VP")
     assert np.allclose(after, before, rtol=0, atol=1e-13 * np.abs(before).max())
+    (runs[2] / ".fwimpi-state.json").unlink()
     other = mpirun(3, "-m", "fwimpi.cli", "exec", str(folder / "job.yaml"))
     assert other.returncode == 0, other.stderr
     assert "ranks_per_job 2 -> 3" in other.stderr and "runs again" in other.stderr

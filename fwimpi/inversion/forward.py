@@ -83,6 +83,8 @@ class ForwardProblem:
         self.assemble = assemble
         self.reduce_max = reduce_max
         self.work = work
+        #: ``progress(steps_done)`` handed to every stepper this problem makes (or None)
+        self.progress = None
         xy = mesh.points[self.points]
         values = model(xy)
         self.vp, self.rho = values["VP"], values["RHO"]
@@ -130,8 +132,10 @@ class ForwardProblem:
         return keep, PointSampling(idx, point_weights(self.mesh.order, ref[keep]))
 
     def stepper(self, dt: float) -> LeapfrogStepper:
-        return LeapfrogStepper(self.stiffness, self.mass, self.damping, dt, self.assemble,
-                               self.work)
+        stepper = LeapfrogStepper(self.stiffness, self.mass, self.damping, dt, self.assemble,
+                                  self.work)
+        stepper.progress = self.progress
+        return stepper
 
     def simulate(
         self,

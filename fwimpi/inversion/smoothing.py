@@ -48,7 +48,6 @@ from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field as dc_field
 
 import numpy as np
-from petsc4py import PETSc
 
 from fwimpi.errors import FwimpiError
 from fwimpi.sem.geometry import ElementGeometry, bilinear_map
@@ -216,6 +215,9 @@ class DiffusionSmoother:
         stiffness = AcousticStiffness(scaled, ibool, np.ones(self.n_points))
         diagonal = self.mass + stiffness_diagonal(scaled, ibool, self.n_points)
         self._shell = _Shell(self.mass, stiffness, diagonal)
+        # imported here: importing petsc4py initialises MPI, which a launcher must not do
+        from petsc4py import PETSc
+
         n = self.n_points
         self._mat = PETSc.Mat().createPython([n, n], self._shell, comm=PETSc.COMM_SELF)
         self._mat.setUp()

@@ -4,6 +4,7 @@ Everything that can reject the input (model expressions and files, CFL check of 
 time step, observed data) happens in ``prepare`` before any output is written.
 """
 
+import json
 import logging
 import math
 import resource
@@ -22,6 +23,8 @@ from ..mesh.model import ModelEvaluator, ModelSource
 from ..mesh.structured import Box, StructuredMesh, build_mesh
 from ..parallel.decomposition import decompose, local_part
 from ..sem.misfits import cross_correlation_time_shift, l2, l2_energy
+from .progress import Progress
+from .state import JobState, product_hashes
 from .spec import JobSpec
 
 log = logging.getLogger("fwimpi")
@@ -313,18 +316,26 @@ def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
     """Run the job on the ranks of ``comm``; write its products. Collective on comm.
 
     Receivers for every event; with a misfit also the misfit and, unless ``forward_only``,
-    the raw gradient per event and summed over events. Returns the summary on rank 0.
+    the raw gradient per event and summed over events, then the mappings and smoothing
+    (root-only). Products already computed with the same settings (the output folder's
+    state file) are reused, not run again. Returns the summary on rank 0.
     """
     from mpi4py import MPI
 
-    from ..parallel.h5io import block_range, write_mesh_h5_collective
+    from ..parallel.h5io import block_range, read_mesh_h5_collective, write_mesh_h5_collective
 
-    setup = prepare(spec, comm)
     root = comm.rank == 0
     out = Path(spec.output)
+    gradients = spec.misfit is not None and not forward_only
+    state = JobState(out, product_hashes(spec, gradients))
+    if state.all_done() and (out / "summary.json").is_file():
+        if root:
+            log.info("all products of job %s are already computed; not run again", spec.name)
+            return json.loads((out / "summary.json").read_text())
+        return None
+    setup = prepare(spec, comm)
     mesh, problem, natural, axis = setup.mesh, setup.problem, setup.natural, setup.axis
     info = describe(mesh, problem.stable_dt, axis, setup.min_velocity)
-    gradients = spec.misfit is not None and not forward_only
     chunk = _chunk(spec, setup) if gradients else None
     interval = spec.compression.forward_wavefield_sampling_interval
     if root:
@@ -337,89 +348,65 @@ def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
                      f"checkpoints every {chunk} steps, chunks recomputed")
     attrs = {"fwimpi_version": __version__, "job": spec.name, "job_spec": spec.resolved}
     elo, ehi = block_range(mesh.n_elements, comm)
+    point_range = (natural.lo, natural.hi)
 
     def write_fields(rel: str, fields: dict[str, np.ndarray], **extra) -> str:
+        """Collective: fields given as this rank's natural-order slices."""
         write_mesh_h5_collective(
-            comm, out / rel, n_points=mesh.n_points, point_range=(natural.lo, natural.hi),
+            comm, out / rel, n_points=mesh.n_points, point_range=point_range,
             points=mesh.points[natural.lo:natural.hi], mass=natural.to_natural(problem.weights),
-            fields={k: natural.to_natural(v) for k, v in fields.items()},
-            n_elements=mesh.n_elements, element_range=(elo, ehi), cells=mesh.cells[elo:ehi],
-            order=mesh.order, attrs={**attrs, **extra},
-        )
+            fields=fields, n_elements=mesh.n_elements, element_range=(elo, ehi),
+            cells=mesh.cells[elo:ehi], order=mesh.order, attrs={**attrs, **extra})
         return rel
 
-    write_fields("model.h5", {"VP": problem.vp, "RHO": problem.rho}, kind="model")
-    summary = {"job": spec.name, "model": "model.h5", "events": {}, "mappings": {},
-               "smoothed": {}, "plots": []}
-    seconds = {"forward": 0.0, "adjoint": 0.0}
-    total = {"VP": np.zeros(problem.n_local_points), "RHO": np.zeros(problem.n_local_points)}
-    total_misfit = 0.0
-    raw: dict[str, dict[str, np.ndarray] | None] = {}
-    for event in spec.events:
-        xy = np.array([[r.x, r.y] for r in event.receivers])
-        sources = [PointSource(s.x, s.y, s.f) for s in event.sources]
-        wavelet = spec.simulation.wavelet
-        comm.Barrier()
-        if gradients:
-            spacing = chunk
-            checkpoints = _Checkpoints(
-                setup, out / "checkpoints" / f"{event.name}.h5",
-                _checkpoint_settings(spec, event, setup, interval, spacing), spacing)
-            result = event_gradient(
-                problem, axis, sources, xy, wavelet.center_frequency,
-                wavelet.time_shift_in_seconds, _misfit_function(spec, event.name, setup),
-                reduce_sum=lambda v: comm.allreduce(v, op=MPI.SUM), interval=interval,
-                chunk=chunk, checkpoints=checkpoints.io, stored_traces=checkpoints.traces)
-            keep, traces, fwd = result.receivers_kept, result.traces, result.forward_seconds
-            seconds["adjoint"] += comm.allreduce(result.adjoint_seconds, op=MPI.MAX)
-        else:
-            keep, traces, fwd = problem.simulate(
-                sources, xy, axis, wavelet.center_frequency, wavelet.time_shift_in_seconds)
-        fwd = comm.allreduce(fwd, op=MPI.MAX)
-        seconds["forward"] += fwd
-        entry = {"receivers": str(Path("events") / event.name / "receivers.h5")}
-        if gradients:
-            entry["misfit"] = result.misfit
-            total_misfit += result.misfit
-            entry["gradient"] = write_fields(
-                str(Path("events") / event.name / "gradient.h5"),
-                {"VP": result.dvp, "RHO": result.drho}, kind="raw_gradient",
-                event=event.name, misfit=result.misfit,
-                forward_wavefield_sampling_interval=interval)
-            total["VP"] += result.dvp
-            total["RHO"] += result.drho
-            raw[event.name] = _gather_natural(setup, {"VP": result.dvp, "RHO": result.drho})
-        traces = _gather_traces(comm, keep, traces, len(xy))
-        if gradients:
-            checkpoints.finish(traces, (len(xy), axis.n_steps + 1))
+    def done(key: str, **entry) -> None:
         if root:
-            if gradients and checkpoints.reuse:
-                log.info("event %s: forward reused, adjoint %.3f s (chunks recomputed from "
-                         "checkpoints)", event.name, result.adjoint_seconds)
-            else:
-                log.info("event %s: forward %.3f s (%.1f M point-updates/s)%s", event.name, fwd,
-                         mesh.n_points * axis.n_steps / fwd / 1e6,
-                         f", adjoint {result.adjoint_seconds:.3f} s" if gradients else "")
-            data = ReceiverData({"phi": traces}, xy, axis.dt, axis.start_time,
-                                tuple(r.station for r in event.receivers))
-            write_receivers_h5(out / entry["receivers"], {event.name: data},
-                               {**attrs, "nprocs": comm.size, "kind": "receivers"})
-            if spec.misfit is not None and not gradients:
-                entry["misfit"] = _misfit_function(spec, event.name, setup)(
-                    np.arange(len(xy)), traces)[0]
-            if "misfit" in entry:
-                log.info("event %s: misfit %s = %.6e", event.name, spec.misfit.misfit_function,
-                         entry["misfit"])
-        summary["events"][event.name] = entry
+            state.record(key, **entry)
+
+    def reused(key: str, what: str) -> dict | None:
+        entry = state.done(key)
+        if entry is not None and root:
+            log.info("%s: already computed; not run again", what)
+        return entry
+
+    if reused("model", "model") is None:
+        write_fields("model.h5", {"VP": natural.to_natural(problem.vp),
+                                  "RHO": natural.to_natural(problem.rho)}, kind="model")
+        done("model", files=["model.h5", "model.xdmf"])
+    progress = Progress(mesh.n_points, active=root)
+    problem.progress = progress
+    seconds = {"forward": 0.0, "adjoint": 0.0}
+    total = {"VP": np.zeros(natural.hi - natural.lo), "RHO": np.zeros(natural.hi - natural.lo)}
+    total_misfit = 0.0
+    for event in spec.events:
+        key = f"event/{event.name}"
+        entry = reused(key, f"event {event.name}")
+        if entry is None:
+            entry, fwd, adj, grad = _run_event(spec, setup, event, gradients, chunk, interval,
+                                               progress, write_fields, attrs)
+            seconds["forward"] += fwd
+            seconds["adjoint"] += adj
+            files = [entry["receivers"]] + ([entry["gradient"]] if gradients else [])
+            done(key, files=files, summary=entry)
+        else:
+            entry = entry["summary"]
+            grad = None
+            if gradients:
+                grad, _, _ = read_mesh_h5_collective(comm, out / entry["gradient"], point_range)
+        if gradients:
+            total_misfit += entry["misfit"]
+            for name in total:
+                total[name] += grad[name]
+    summary = {"job": spec.name, "model": "model.h5",
+               "events": {e.name: state.done(f"event/{e.name}")["summary"] if root else None
+                          for e in spec.events},
+               "mappings": {}, "smoothed": {}, "plots": []}
     if gradients:
         summary["gradient"] = write_fields("gradient.h5", total, kind="raw_gradient",
                                            event="sum", misfit=total_misfit,
                                            forward_wavefield_sampling_interval=interval)
     if gradients and spec.mappings:
-        prior = _gather_natural(setup, {"VP": problem.vp, "RHO": problem.rho})
-        mass = _gather_natural(setup, {"w": problem.weights})
-        products = _on_root(comm, lambda: map_and_smooth(
-            spec, mesh, raw, prior, mass and mass["w"], out, attrs))
+        products = _on_root(comm, lambda: map_and_smooth(spec, mesh, state, out, attrs))
         summary.update(products or {})
     peak = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, op=MPI.MAX)
     if not root:
@@ -434,15 +421,68 @@ def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
     return summary
 
 
-def _gather_natural(setup: Setup, fields: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    """Collective: whole fields ``(P,)`` in natural order on rank 0 (None elsewhere)."""
-    comm, natural = setup.comm, setup.natural
-    out = {}
-    for name, local in fields.items():
-        parts = comm.gather(natural.to_natural(local), root=0)
-        if comm.rank == 0:
-            out[name] = np.concatenate(parts)
-    return out if comm.rank == 0 else None
+def _run_event(spec: JobSpec, setup: Setup, event, gradients: bool, chunk: int | None,
+               interval: int, progress: Progress, write_fields, attrs: dict):
+    """Collective: simulate one event (and its gradient); write its receivers (rank 0) and
+    gradient. Returns (summary entry, forward s, adjoint s, gradient natural slices)."""
+    from mpi4py import MPI
+
+    comm, problem, axis, mesh, natural = (setup.comm, setup.problem, setup.axis, setup.mesh,
+                                          setup.natural)
+    root = comm.rank == 0
+    out = Path(spec.output)
+    xy = np.array([[r.x, r.y] for r in event.receivers])
+    sources = [PointSource(s.x, s.y, s.f) for s in event.sources]
+    wavelet = spec.simulation.wavelet
+    comm.Barrier()
+    recomputed = ((axis.n_steps - 1) // chunk) * chunk if gradients else 0
+    progress.start(f"event {event.name}", axis.n_steps * (2 if gradients else 1) + recomputed)
+    entry = {"receivers": str(Path("events") / event.name / "receivers.h5")}
+    adj, grad = 0.0, None
+    if gradients:
+        checkpoints = _Checkpoints(
+            setup, out / "checkpoints" / f"{event.name}.h5",
+            _checkpoint_settings(spec, event, setup, interval, chunk), chunk)
+        result = event_gradient(
+            problem, axis, sources, xy, wavelet.center_frequency,
+            wavelet.time_shift_in_seconds, _misfit_function(spec, event.name, setup),
+            reduce_sum=lambda v: comm.allreduce(v, op=MPI.SUM), interval=interval,
+            chunk=chunk, checkpoints=checkpoints.io, stored_traces=checkpoints.traces)
+        keep, traces, fwd = result.receivers_kept, result.traces, result.forward_seconds
+        adj = comm.allreduce(result.adjoint_seconds, op=MPI.MAX)
+        entry["misfit"] = result.misfit
+        grad = {"VP": natural.to_natural(result.dvp), "RHO": natural.to_natural(result.drho)}
+        entry["gradient"] = write_fields(
+            str(Path("events") / event.name / "gradient.h5"), grad, kind="raw_gradient",
+            event=event.name, misfit=result.misfit,
+            forward_wavefield_sampling_interval=interval)
+    else:
+        keep, traces, fwd = problem.simulate(
+            sources, xy, axis, wavelet.center_frequency, wavelet.time_shift_in_seconds)
+    fwd = comm.allreduce(fwd, op=MPI.MAX)
+    traces = _gather_traces(comm, keep, traces, len(xy))
+    if gradients:
+        checkpoints.finish(traces, (len(xy), axis.n_steps + 1))
+    if root:
+        if gradients and checkpoints.reuse:
+            log.info("event %s: forward reused, adjoint %.3f s (chunks recomputed from "
+                     "checkpoints)", event.name, adj)
+        else:
+            log.info("event %s: forward %.3f s (%.1f M point-updates/s)%s", event.name, fwd,
+                     mesh.n_points * axis.n_steps / fwd / 1e6,
+                     f", adjoint {adj:.3f} s" if gradients else "")
+        data = ReceiverData({"phi": traces}, xy, axis.dt, axis.start_time,
+                            tuple(r.station for r in event.receivers))
+        write_receivers_h5(out / entry["receivers"], {event.name: data},
+                           {**attrs, "nprocs": comm.size, "kind": "receivers"})
+        if spec.misfit is not None and not gradients:
+            entry["misfit"] = _misfit_function(spec, event.name, setup)(
+                np.arange(len(xy)), traces)[0]
+        if "misfit" in entry:
+            log.info("event %s: misfit %s = %.6e", event.name, spec.misfit.misfit_function,
+                     entry["misfit"])
+    entry = comm.bcast(entry, root=0)
+    return entry, fwd, adj, grad
 
 
 def _on_root(comm, step):
@@ -469,45 +509,65 @@ def _on_root(comm, step):
 PLOT_CLIPS = (None, 0.1, 0.8)
 
 
-def map_and_smooth(spec: JobSpec, mesh: StructuredMesh, raw: dict, prior: dict,
-                   mass: np.ndarray, out: Path, attrs: dict) -> dict:
+def map_and_smooth(spec: JobSpec, mesh: StructuredMesh, state: JobState, out: Path,
+                   attrs: dict) -> dict:
     """Root-only: each mapping of the raw gradients (per event, with that event's cutouts,
-    summed over events), the smoothing of one of them, their files and plots."""
+    summed over events), the smoothing of one of them, their files and plots. Reads the
+    raw gradients and the prior model from their files; reuses finished products."""
     from ..inversion.mapping import EventGeometry, Mapping
     from ..inversion.smoothing import ConstantSmoothing
-    from ..mesh.files import write_mesh_h5
+    from ..mesh.files import read_mesh_h5, write_mesh_h5
     from .plotting import plot_field
 
-    points, cells = mesh.points, mesh.cells
+    model = read_mesh_h5(out / "model.h5")
+    points, cells, mass = model.points, model.cells, model.mass
     products = {"mappings": {}, "smoothed": {}, "plots": []}
-    mapped = {}
 
-    def write(rel: str, fields: dict, **extra) -> str:
+    def write(key: str, rel: str, fields: dict, **extra) -> None:
         write_mesh_h5(out / rel, points, cells, mass, fields, {**attrs, "nprocs": 1, **extra})
+        plots = []
         for clip in PLOT_CLIPS:
             png = Path(rel).with_suffix("").as_posix() + (f"_clip{clip:g}" if clip else "") + ".png"
             plot_field(out / rel, out / png, clip=clip)
-            products["plots"].append(png)
-        return rel
+            plots.append(png)
+        state.record(key, files=[rel, str(Path(rel).with_suffix(".xdmf")), *plots], path=rel,
+                     plots=plots)
 
+    def collect(key: str, kind: str, name: str) -> None:
+        entry = state.done(key)
+        products[kind][name] = entry["path"]
+        products["plots"].extend(entry["plots"])
+
+    raw = None
     for index, config in enumerate(spec.mappings):
-        mapping = Mapping.from_config(config, index)
-        fields = None
-        for event in spec.events:
-            geometry = EventGeometry.from_events([event])
-            g = mapping.adjoint(raw[event.name], prior, points, geometry)
-            fields = g if fields is None else {k: fields[k] + g[k] for k in g}
-        mapped[config.name] = fields
-        products["mappings"][config.name] = write(
-            f"mappings/{config.name}.h5", fields, kind="mapped_gradient", mapping=config.name,
-            scaling=config.scaling)
-        log.info("mapping %s written", config.name)
+        key = f"mapping/{config.name}"
+        if state.done(key) is not None:
+            log.info("mapping %s: already computed; not run again", config.name)
+        else:
+            mapping = Mapping.from_config(config, index)
+            if raw is None:
+                raw = {e.name: read_mesh_h5(out / state.done(f"event/{e.name}")["summary"]
+                                            ["gradient"]).fields for e in spec.events}
+            fields = None
+            for event in spec.events:
+                g = mapping.adjoint(raw[event.name], model.fields, points,
+                                    EventGeometry.from_events([event]))
+                fields = g if fields is None else {k: fields[k] + g[k] for k in g}
+            write(key, f"mappings/{config.name}.h5", fields, kind="mapped_gradient",
+                  mapping=config.name, scaling=config.scaling)
+            log.info("mapping %s written", config.name)
+        collect(key, "mappings", config.name)
     if spec.smoothing is not None:
         name = spec.smoothing.apply_to
-        smoothed = ConstantSmoothing.from_config(spec.smoothing).apply(
-            mapped[name], points, cells, mass, mesh.order, mass_weighted=True)
-        products["smoothed"][name] = write(
-            f"smoothed/{name}.h5", smoothed, kind="smoothed_gradient", mapping=name,
-            smoothing_lengths_in_meters=dict(spec.smoothing.smoothing_lengths_in_meters))
-        log.info("smoothed gradient of %s written", name)
+        key = f"smoothed/{name}"
+        if state.done(key) is not None:
+            log.info("smoothing of %s: already computed; not run again", name)
+        else:
+            mapped = read_mesh_h5(out / state.done(f"mapping/{name}")["path"]).fields
+            smoothed = ConstantSmoothing.from_config(spec.smoothing).apply(
+                mapped, points, cells, mass, mesh.order, mass_weighted=True)
+            write(key, f"smoothed/{name}.h5", smoothed, kind="smoothed_gradient", mapping=name,
+                  smoothing_lengths_in_meters=dict(spec.smoothing.smoothing_lengths_in_meters))
+            log.info("smoothed gradient of %s written", name)
+        collect(key, "smoothed", name)
     return products

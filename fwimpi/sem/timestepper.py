@@ -115,6 +115,8 @@ class LeapfrogStepper:
         self.n_points = len(mass)
         # the array K u - f accumulates into: the halo exchange's own buffer if it has one
         self.work = np.zeros(self.n_points) if work is None else work
+        #: ``progress(steps_done)`` after every step of ``advance`` and ``adjoint`` (or None)
+        self.progress: Callable[[int], None] | None = None
         self._compile()
 
     def _compile(self) -> None:
@@ -165,6 +167,8 @@ class LeapfrogStepper:
                 _sample(u, receivers.indices, receivers.weights, traces, n + 1)
             if on_step is not None:
                 on_step(n + 1, u, u_old)
+            if self.progress is not None:
+                self.progress(n + 1)
         state.u, state.u_old, state.n = u, u_old, n_end
         return state
 
@@ -234,6 +238,8 @@ class LeapfrogStepper:
             if lam is not None:
                 _sample(v_new, record.indices, record.weights, lam, m - 1)
             v_old, v, v_new = v, v_new, v_old
+            if self.progress is not None:
+                self.progress(j + 1)
         g1 = self.stiffness.point_values(acc, self.n_points)
         if self.assemble is not None:
             self.assemble(g1)
