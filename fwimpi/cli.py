@@ -22,6 +22,7 @@ EPILOG = """examples:
   fwimpi validate jobs/mapping_tutorial.yaml     check a job spec, print mesh size and time step
   fwimpi run jobs/mapping_tutorial.yaml          run it (receivers, misfit, summary.json)
   fwimpi run jobs/mapping_tutorial.yaml --forward-only
+  fwimpi compression-study jobs/mapping_tutorial.yaml --intervals 1 5 10 20
   fwimpi plot runs/mapping-tutorial/gradient.h5 --field VP --clip 0.1
   fwimpi plot runs/mapping-tutorial/events/event/receivers.h5
   fwimpi export runs/mapping-tutorial/model.h5   write model.vtu beside it for ParaView
@@ -51,6 +52,16 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             r.add_argument("--site", help="site name under configs/sites (default: the spec's)")
             r.add_argument("--ranks", type=int, help="override ranks_per_job")
+
+    cs = sub.add_parser(
+        "compression-study", help="gradients for several sampling intervals, compared",
+        description="Run the job's gradient with each forward_wavefield_sampling_interval into "
+        "<output>/compression/interval_<N>/ and print the relative L2 difference of the raw "
+        "gradient and of the mapped gradient against the first interval (the tutorial's study).")
+    cs.add_argument("job", type=Path, help="YAML job spec (with a misfit_configuration)")
+    cs.add_argument("--intervals", type=int, nargs="+", default=[1, 5, 10, 20])
+    cs.add_argument("--mapping", help="mapping to compare (default: the spec's last)")
+    cs.add_argument("--ranks", type=int, help="override ranks_per_job")
 
     pl = sub.add_parser("plot", help="plot a model, gradient or receivers file as PNG",
                         description="Plot a field of an fwimpi mesh file (gradients as kernels "
@@ -156,6 +167,64 @@ def _exec(args, in_process: bool = False) -> int:
     return 0
 
 
+def _compression_study(args) -> int:
+    """Run the job once per interval (through ``fwimpi run``) and compare the gradients."""
+    import copy
+
+    import numpy as np
+    import yaml
+
+    from .jobs.spec import load_job_spec, parse_job_spec
+    from .mesh.files import read_mesh_h5, write_json_atomic
+
+    spec = load_job_spec(args.job)
+    if spec.misfit is None:
+        raise ConfigError("misfit_configuration: a compression study needs gradients")
+    if not args.intervals or any(i < 1 for i in args.intervals):
+        raise ConfigError(f"--intervals: must be positive integers, got {args.intervals}")
+    mapping = args.mapping or (spec.mappings[-1].name if spec.mappings else None)
+    if mapping is not None and mapping not in {m.name for m in spec.mappings}:
+        raise ConfigError(f"--mapping: no mapping '{mapping}' in the job spec")
+    base = yaml.safe_load(args.job.read_text())
+    study = spec.output / "compression"
+    runs = {}
+    for interval in args.intervals:
+        data = copy.deepcopy(base)
+        data.setdefault("wavefield_compression", {})
+        data["wavefield_compression"] = dict(data["wavefield_compression"] or {},
+                                             forward_wavefield_sampling_interval=interval)
+        data["output"] = str(study / f"interval_{interval}")
+        data.pop("smoothing", None)
+        parse_job_spec(data, args.job.parent)  # the variant is valid before it runs
+        job = study / f"interval_{interval}.yaml"
+        job.parent.mkdir(parents=True, exist_ok=True)
+        job.write_text(yaml.safe_dump(data, sort_keys=False))
+        code = _run(argparse.Namespace(job=job, forward_only=False, site=None, ranks=args.ranks))
+        if code != 0:
+            return code
+        summary = json.loads((study / f"interval_{interval}" / "summary.json").read_text())
+        runs[interval] = study / f"interval_{interval}", summary
+    ref_dir, ref = runs[args.intervals[0]]
+    rows = []
+    for interval, (folder, summary) in runs.items():
+        row = {"interval": interval}
+        for label, rel, ref_rel in (("raw", summary["gradient"], ref["gradient"]),) + (
+                (("mapped", summary["mappings"][mapping], ref["mappings"][mapping]),)
+                if mapping else ()):
+            a = read_mesh_h5(folder / rel).fields["VP"]
+            b = read_mesh_h5(ref_dir / ref_rel).fields["VP"]
+            row[label] = float(np.linalg.norm(a - b) / np.linalg.norm(b))
+        rows.append(row)
+    write_json_atomic(study / "study.json", {"reference_interval": args.intervals[0],
+                                             "mapping": mapping, "rows": rows})
+    print(f"relative L2 difference of dJ/dVP against interval {args.intervals[0]}")
+    print(f"{'interval':>8} {'raw gradient':>13}" + (f" {mapping + ' (mapped)':>16}" if mapping else ""))
+    for row in rows:
+        print(f"{row['interval']:>8d} {row['raw']:>13.3e}"
+              + (f" {row['mapped']:>16.3e}" if mapping else ""))
+    return 0
+
+
 @contextlib.contextmanager
 def _collective_lock(comm, output: Path):
     """Rank 0 takes the output folder's lock (or finds it held by its launcher) and removes
@@ -224,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.quiet)
     commands = {"validate": _validate, "run": _run, "exec": _exec, "plot": _plot,
-                "export": _export}
+                "export": _export, "compression-study": _compression_study}
     try:
         return commands[args.command](args)
     except ConfigError as err:

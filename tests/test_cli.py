@@ -222,3 +222,16 @@ output: out"""})
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_compression_study_prints_the_table(tmp_path, capsys):
+    job = write_job(tmp_path, **{"output: out": """mappings:
+  - {name: m, inversion_parameters: [VP], scaling: relative_deviation_from_prior}
+output: out"""})
+    assert main(["-q", "compression-study", str(job), "--intervals", "1", "5", "10"]) == 0
+    table = capsys.readouterr().out.splitlines()[-3:]
+    assert [line.split()[0] for line in table] == ["1", "5", "10"]
+    raw5, raw10 = float(table[1].split()[1]), float(table[2].split()[1])
+    assert float(table[0].split()[1]) == 0.0 and 0 < raw5 < raw10 < 0.5
+    study = json.loads((tmp_path / "out/compression/study.json").read_text())
+    assert study["mapping"] == "m" and len(study["rows"]) == 3
