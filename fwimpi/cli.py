@@ -22,6 +22,8 @@ EPILOG = """examples:
   fwimpi validate jobs/mapping_tutorial.yaml     check a job spec, print mesh size and time step
   fwimpi run jobs/mapping_tutorial.yaml          run it (receivers, misfit, summary.json)
   fwimpi run jobs/mapping_tutorial.yaml --forward-only
+  fwimpi run jobs/mapping_tutorial.yaml --site slurm --no-wait   submit to SLURM
+  fwimpi status jobs/runs/mapping-tutorial                      state of that job
   fwimpi compression-study jobs/mapping_tutorial.yaml --intervals 1 5 10 20
   fwimpi plot runs/mapping-tutorial/gradient.h5 --field VP --clip 0.1
   fwimpi plot runs/mapping-tutorial/events/event/receivers.h5
@@ -52,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             r.add_argument("--site", help="site name under configs/sites (default: the spec's)")
             r.add_argument("--ranks", type=int, help="override ranks_per_job")
+            r.add_argument("--no-wait", action="store_true",
+                           help="SLURM: submit, print the job id and return")
+
+    st = sub.add_parser("status", help="state of a job submitted to SLURM",
+                        description="Print the SLURM state and the log's tail of the job whose "
+                        "output folder is given (what `fwimpi run --site slurm` recorded).")
+    st.add_argument("output", type=Path, help="the job's output folder")
 
     cs = sub.add_parser(
         "compression-study", help="gradients for several sampling intervals, compared",
@@ -112,6 +121,8 @@ def _run(args) -> int:
     ranks = args.ranks or spec.ranks_per_job
     site = load_site(args.site or spec.site)
     validate(spec, ranks)  # every input check, before any MPI work or output
+    if site.kind == "slurm":  # the batch job's `fwimpi exec` takes the output lock
+        return _run_on_slurm(args, spec, site, ranks)
     gradients = spec.misfit is not None and not args.forward_only
     state = JobState(spec.output, product_hashes(spec, gradients))
     if state.all_done() and (spec.output / "summary.json").is_file():
@@ -131,6 +142,31 @@ def _run(args) -> int:
         summary = json.loads((spec.output / "summary.json").read_text())
         print(json.dumps(summary["simulation"], indent=2))
     return 1 if code < 0 else code
+
+
+def _run_on_slurm(args, spec, site, ranks: int) -> int:
+    from .jobs.slurm import run_on_slurm, status
+
+    job_id, state = run_on_slurm(site, args.job.resolve(), spec.name, spec.output, ranks,
+                                 args.forward_only, wait=not getattr(args, "no_wait", False))
+    if getattr(args, "no_wait", False):
+        print(job_id)
+        return 0
+    print(f"SLURM job {job_id}: {state}")
+    if state != "COMPLETED":
+        print(status(spec.output)["log_tail"], file=sys.stderr)
+        return 1
+    return 0
+
+
+def _status(args) -> int:
+    from .jobs.slurm import status
+
+    record = status(args.output)
+    print(f"SLURM job {record['job_id']}: {record['state']}")
+    if record.get("log_tail"):
+        print(record["log_tail"])
+    return 0
 
 
 def _exec(args, in_process: bool = False) -> int:
@@ -199,7 +235,8 @@ def _compression_study(args) -> int:
         job = study / f"interval_{interval}.yaml"
         job.parent.mkdir(parents=True, exist_ok=True)
         job.write_text(yaml.safe_dump(data, sort_keys=False))
-        code = _run(argparse.Namespace(job=job, forward_only=False, site=None, ranks=args.ranks))
+        code = _run(argparse.Namespace(job=job, forward_only=False, site=None, ranks=args.ranks,
+                                       no_wait=False))
         if code != 0:
             return code
         summary = json.loads((study / f"interval_{interval}" / "summary.json").read_text())
@@ -293,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.quiet)
     commands = {"validate": _validate, "run": _run, "exec": _exec, "plot": _plot,
-                "export": _export, "compression-study": _compression_study}
+                "export": _export, "compression-study": _compression_study, "status": _status}
     try:
         return commands[args.command](args)
     except ConfigError as err:

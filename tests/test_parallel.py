@@ -155,3 +155,70 @@ def test_mapped_and_smoothed_files_equal_the_one_rank_files(runs, n):
     with h5py.File(runs[n] / "smoothed/map_b.h5", "r") as f:
         assert f.attrs["kind"] == "smoothed_gradient"
         assert "RHO" in f["fields"] and "VP" in f["fields"]
+
+
+TWO_EVENTS = JOB.replace("output: out", "output: out").replace(
+    "events:\n", """events:
+  - event_name: ev0
+    sources: [{type: ScalarPoint2D, x: 700.0, y: -300.0, f: 1.0}]
+    receivers:
+      - {type: ArrayPoint2D, x: {linspace: [0.0, 1000.0, 11]}, y: -250.0, fields: [phi]}
+""", 1).replace("end_time_in_seconds: 0.5", "end_time_in_seconds: 1.5")
+
+
+def test_killed_job_resumes_and_gives_the_same_products(tmp_path):
+    import signal
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / "job.yaml").write_text(TWO_EVENTS)
+    # b: uninterrupted
+    full = mpirun(2, "-m", "fwimpi.cli", "exec", str(tmp_path / "b/job.yaml"))
+    assert full.returncode == 0, full.stderr
+    # a: killed (SIGKILL to one rank) once the first event is done
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    job = str(tmp_path / "a/job.yaml")
+    proc = subprocess.Popen([MPIRUN, "-n", "2", "--oversubscribe", sys.executable, "-m", "mpi4py",
+                             "-m", "fwimpi.cli", "exec", job], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "a/out/.fwimpi-state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.exists() and "event/ev0" in state.read_text():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job ended before it could be killed"
+    ranks = subprocess.run(["pgrep", "-f", f"fwimpi.cli exec {job}"], capture_output=True,
+                           text=True).stdout.split()
+    ranks = [int(p) for p in ranks if int(p) != proc.pid]
+    assert ranks
+    os.kill(max(ranks), signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not (tmp_path / "a/out/summary.json").exists()
+    for _ in range(100):  # the surviving rank may take a moment to be reaped
+        if not any(os.path.exists(f"/proc/{p}") for p in ranks):
+            break
+        time.sleep(0.1)
+    # rerun: the first event is reused, the rest computed
+    again = mpirun(2, "-m", "fwimpi.cli", "exec", job)
+    assert again.returncode == 0, again.stderr
+    assert "event ev0: already computed; not run again" in again.stderr
+    assert "event ev1: forward" in again.stderr
+    for rel in ("events/ev0/gradient.h5", "events/ev1/gradient.h5", "gradient.h5",
+                "mappings/map_b.h5", "smoothed/map_b.h5"):
+        a, b = read(tmp_path / "a/out" / rel, "/fields/VP"), read(tmp_path / "b/out" / rel, "/fields/VP")
+        assert np.linalg.norm(a - b) <= 1e-12 * np.linalg.norm(b), rel
+    assert not list((tmp_path / "a/out").rglob(".*tmp*"))
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path, capsys):
+    from fwimpi.jobs.state import OutputLock
+
+    (tmp_path / "job.yaml").write_text(JOB)
+    with OutputLock(tmp_path / "out"):
+        proc = subprocess.run([sys.executable, "-m", "fwimpi.cli", "run", str(tmp_path / "job.yaml")],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "another fwimpi run" in proc.stderr and proc.stderr.count("\n") == 1
