@@ -235,3 +235,21 @@ output: out"""})
     assert float(table[0].split()[1]) == 0.0 and 0 < raw5 < raw10 < 0.5
     study = json.loads((tmp_path / "out/compression/study.json").read_text())
     assert study["mapping"] == "m" and len(study["rows"]) == 3
+
+
+def test_gridded_model_file_written_by_xarray_gives_the_expression_model(tmp_path):
+    xr = pytest.importorskip("xarray")
+    x = np.linspace(0.0, 1000.0, 10)
+    y = np.linspace(-500.0, 0.0, 10)
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    xr.Dataset({"vp": (["x", "y"], 1500.0 - yy), "rho": (["x", "y"], 1000.0 - yy)},
+               coords={"x": x, "y": y}).to_netcdf(tmp_path / "model.nc")
+    (tmp_path / "a").mkdir()
+    expr = write_job(tmp_path / "a")
+    grid = write_job(tmp_path, **{'model: {vp: "1500.0 - y", rho: "1000.0 - y"}': "model: {file: model.nc}"})
+    assert main(["-q", "run", str(expr), "--forward-only"]) == 0
+    assert main(["-q", "run", str(grid), "--forward-only"]) == 0
+    a = read_mesh_h5(tmp_path / "a/out/model.h5").fields
+    b = read_mesh_h5(tmp_path / "out/model.h5").fields
+    for name in ("VP", "RHO"):  # bilinear interpolation of a linear model is exact
+        assert np.allclose(a[name], b[name], rtol=1e-12)
