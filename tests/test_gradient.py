@@ -105,8 +105,10 @@ def test_plan_chunks():
     snapshot = 8.0 * 10_000
     assert plan_chunks(1000, 5, 10_000, 1e9) == 1000  # all in memory
     # on disk: the largest chunk whose samples fit
-    c = plan_chunks(1000, 5, 10_000, 52 * snapshot)
-    assert c == 5 * 50 and (c // 5 + 2) * snapshot <= 52 * snapshot
+    c = plan_chunks(1000, 5, 10_000, 52 * snapshot)  # at most 250 steps: 4 equal chunks
+    assert c == 250 and (c // 5 + 2) * snapshot <= 52 * snapshot
+    c = plan_chunks(1000, 5, 10_000, 62 * snapshot)  # at most 300 steps: 4 chunks of 250
+    assert c == 250
     # in memory: checkpoints and one chunk
     c = plan_chunks(1000, 5, 10_000, 100 * snapshot, checkpoints_on_disk=False)
     assert c % 5 == 0 and c < 1000

@@ -205,7 +205,9 @@ def test_killed_job_resumes_and_gives_the_same_products(tmp_path):
     again = mpirun(2, "-m", "fwimpi.cli", "exec", job)
     assert again.returncode == 0, again.stderr
     assert "event ev0: already computed; not run again" in again.stderr
-    assert "event ev1: forward" in again.stderr
+    # what the kill interrupted (the second event, or the mappings after it) is computed now
+    assert "event ev1: forward" in again.stderr or "written" in again.stderr
+    assert "all products" not in again.stderr
     for rel in ("events/ev0/gradient.h5", "events/ev1/gradient.h5", "gradient.h5",
                 "mappings/map_b.h5", "smoothed/map_b.h5"):
         a, b = read(tmp_path / "a/out" / rel, "/fields/VP"), read(tmp_path / "b/out" / rel, "/fields/VP")

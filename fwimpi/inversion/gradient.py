@@ -25,8 +25,9 @@ def plan_chunks(n_steps: int, interval: int, n_points: int, budget_bytes: float,
     """Checkpoint spacing C (a multiple of ``interval``) for a per-rank memory budget.
 
     All in memory (C >= n_steps) when the sampled wavefield fits. Otherwise one chunk of
-    ``C / interval + 2`` samples must fit: with checkpoints on disk C is as large as the
-    budget allows (fewer, larger reads); with checkpoints in memory C minimises their sum,
+    ``C / interval + 2`` samples must fit: with checkpoints on disk the fewest chunks the
+    budget allows, of equal length (the forward run keeps the last one, so the adjoint
+    recomputes the others); with checkpoints in memory C minimises their sum,
     ``C ~ sqrt(2 n_steps interval)``. Every chunk is recomputed once whatever C is.
     Raises ValueError if nothing fits.
     """
@@ -37,6 +38,9 @@ def plan_chunks(n_steps: int, interval: int, n_points: int, budget_bytes: float,
     if checkpoints_on_disk:
         c = interval * int(budget_bytes // snapshot - 2)
         need = 3 * snapshot
+        if c >= interval:  # equal chunks: the last one, kept from the forward run, is full
+            chunks = math.ceil(n_steps / c)
+            c = interval * math.ceil(n_steps / (chunks * interval))
     else:
         c = memory_optimal_spacing(n_steps, interval)
         need = (c // interval + 2 + 2 * math.ceil(n_steps / c)) * snapshot
