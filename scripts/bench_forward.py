@@ -8,7 +8,6 @@ for 1000 steps on the tutorial mesh), stretch 140 M.
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 

@@ -6,7 +6,6 @@ import pytest
 from fwimpi.inversion.forward import ForwardProblem
 from fwimpi.mesh.structured import Box, build_mesh
 from fwimpi.sem.operators import AcousticStiffness
-from fwimpi.sem.timestepper import PointSampling
 from test_operators import parallelogram_mesh
 
 

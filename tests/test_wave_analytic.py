@@ -1,7 +1,6 @@
 """Homogeneous medium against the analytic 2D solution; h- and dt-convergence."""
 
 import numpy as np
-import pytest
 
 from analytic import green_ricker_2d
 from fwimpi.inversion.forward import ForwardProblem, PointSource, TimeAxis

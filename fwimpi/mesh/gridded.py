@@ -8,7 +8,7 @@ in serial, NetCDF3 classic / 64-bit offset with ``scipy.io.netcdf_file``. Coordi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
 from typing import Callable
 
 import h5py
