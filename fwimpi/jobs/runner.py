@@ -1,7 +1,9 @@
-"""Run a validated job spec: mesh, model, forward simulation per event, products, summary.
+"""Run a job spec on the ranks of a communicator: mesh, model, forward and adjoint runs per
+event, the root-only mappings and smoothing, the products and ``summary.json``.
 
 Everything that can reject the input (model expressions and files, CFL check of a given
-time step, observed data) happens in ``prepare`` before any output is written.
+time step, observed data, mappings) is checked by ``validate`` (serially, without MPI, before
+any output) and again, alike on every rank, by ``prepare``.
 """
 
 import json
@@ -17,12 +19,12 @@ from .. import __version__
 from ..errors import ConfigError, FwimpiError
 from ..inversion.forward import COURANT_FACTOR, ForwardProblem, PointSource, TimeAxis
 from ..inversion.gradient import CheckpointIO, event_gradient, plan_chunks
-from ..sem.timestepper import State
 from ..mesh.files import ReceiverData, read_receivers_h5, write_json_atomic, write_receivers_h5
 from ..mesh.model import ModelEvaluator, ModelSource
 from ..mesh.structured import Box, StructuredMesh, build_mesh
 from ..parallel.decomposition import decompose, local_part
 from ..sem.misfits import cross_correlation_time_shift, l2, l2_energy
+from ..sem.timestepper import State
 from .progress import Progress
 from .state import JobState, product_hashes
 from .spec import JobSpec
@@ -45,7 +47,6 @@ class Setup:
     offset: int  # first PETSc index owned by this rank
     axis: TimeAxis
     min_velocity: float
-    element_size: float
     observed: dict[str, np.ndarray]
 
 
@@ -133,7 +134,7 @@ def prepare(spec: JobSpec, comm) -> Setup:
     from ..parallel.petsc import HaloExchange, NaturalOrder
 
     _check_mappings(spec)
-    evaluator, mesh, vmin, h = _model(spec)
+    evaluator, mesh, vmin, _ = _model(spec)
     decomposition = decompose(mesh, comm.size)
     part = local_part(mesh, decomposition, comm.rank)
     halo = HaloExchange(comm, part)
@@ -147,7 +148,7 @@ def prepare(spec: JobSpec, comm) -> Setup:
     axis = problem.time_axis(spec.simulation.end_time_in_seconds, spec.simulation.time_step_in_seconds)
     observed = _observed_data(spec, axis)
     return Setup(spec, comm, mesh, problem, natural, halo, int(decomposition.offsets[comm.rank]),
-                 axis, vmin, h, observed)
+                 axis, vmin, observed)
 
 
 def _observed_data(spec: JobSpec, axis: TimeAxis) -> dict[str, np.ndarray]:
