@@ -20,14 +20,14 @@ log = logging.getLogger("fwimpi")
 
 EPILOG = """examples:
   fwimpi validate jobs/mapping_tutorial.yaml     check a job spec, print mesh size and time step
-  fwimpi run jobs/mapping_tutorial.yaml          run it (receivers, misfit, summary.json)
+  fwimpi run jobs/mapping_tutorial.yaml          run it: receivers, misfit, gradients, mappings
   fwimpi run jobs/mapping_tutorial.yaml --forward-only
   fwimpi run jobs/mapping_tutorial.yaml --site slurm --no-wait   submit to SLURM
   fwimpi status jobs/runs/mapping-tutorial                      state of that job
   fwimpi compression-study jobs/mapping_tutorial.yaml --intervals 1 5 10 20
-  fwimpi plot runs/mapping-tutorial/gradient.h5 --field VP --clip 0.1
-  fwimpi plot runs/mapping-tutorial/events/event/receivers.h5
-  fwimpi export runs/mapping-tutorial/model.h5   write model.vtu beside it for ParaView
+  fwimpi plot jobs/runs/mapping-tutorial/gradient.h5 --field VP --clip 0.1
+  fwimpi plot jobs/runs/mapping-tutorial/events/event/receivers.h5
+  fwimpi export jobs/runs/mapping-tutorial/model.h5   write model.vtu beside it
 """
 
 
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                        "mesh size, CFL time step. Prints the resolved settings as JSON.")
     v.add_argument("job", type=Path, help="YAML job spec")
 
-    for name, text in (("run", "run a job (receivers, misfit; summary.json)"),
+    for name, text in (("run", "run a job through its site (all its products, summary.json)"),
                        ("exec", "run a job in this process (what a site launches)")):
         r = sub.add_parser(name, help=text, description=text)
         r.add_argument("job", type=Path, help="YAML job spec")
