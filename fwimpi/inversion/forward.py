@@ -137,6 +137,16 @@ class ForwardProblem:
         stepper.progress = self.progress
         return stepper
 
+    def source_signals(self, sources: list[PointSource], axis: TimeAxis,
+                       center_frequency: float, time_shift: float | None
+                       ) -> tuple[PointSampling, np.ndarray]:
+        """The sources in this problem's elements and their signals ``(S, n_steps)``:
+        amplitude ``f`` times the Ricker at the steps' times."""
+        keep, src = self.sampling(np.array([[s.x, s.y] for s in sources]))
+        amps = np.array([sources[k].f for k in keep], dtype=float)
+        signal = ricker(axis.times[:-1], center_frequency, time_shift)
+        return src, amps[:, None] * signal[None, :]
+
     def simulate(
         self,
         sources: list[PointSource],
@@ -150,13 +160,9 @@ class ForwardProblem:
 
         The seconds are the wall time of the time loop alone.
         """
-        src_xy = np.array([[s.x, s.y] for s in sources])
-        keep_s, src = self.sampling(src_xy)
-        amps = np.array([sources[k].f for k in keep_s], dtype=float)
-        src = PointSampling(src.indices, src.weights * amps[:, None])
+        src, signals = self.source_signals(sources, axis, center_frequency, time_shift)
         keep_r, rec = self.sampling(receivers_xy)
-        signal = ricker(axis.times[:-1], center_frequency, time_shift)
         stepper = self.stepper(axis.dt)
         t0 = time.perf_counter()
-        traces = stepper.run(axis.n_steps, src, signal, rec, on_step=on_step)
+        traces = stepper.run(axis.n_steps, src, signals, rec, on_step=on_step)
         return keep_r, traces, time.perf_counter() - t0

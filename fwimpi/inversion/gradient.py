@@ -16,7 +16,6 @@ from typing import Callable
 import numpy as np
 
 from ..sem.timestepper import LeapfrogStepper, PointSampling, State
-from ..sem.wavelets import ricker
 from .forward import ForwardProblem, PointSource, TimeAxis
 
 
@@ -217,11 +216,7 @@ def event_gradient(
     all receivers ``stored_traces (R, n_steps + 1)`` of an earlier run, the forward run is
     not repeated: the adjoint recomputes the chunks from the stored states.
     """
-    src_xy = np.array([[s.x, s.y] for s in sources])
-    keep_s, src = problem.sampling(src_xy)
-    amps = np.array([sources[k].f for k in keep_s], dtype=float)
-    signal = ricker(axis.times[:-1], center_frequency, time_shift)
-    signals = amps[:, None] * signal[None, :]
+    src, signals = problem.source_signals(sources, axis, center_frequency, time_shift)
     keep_r, rec = problem.sampling(receivers_xy)
     stepper = problem.stepper(axis.dt)
     if chunk is None:

@@ -50,7 +50,7 @@ class Setup:
     observed: dict[str, np.ndarray]
 
 
-def _mesh_for(spec: JobSpec, evaluator: ModelEvaluator) -> tuple[StructuredMesh, float, float]:
+def _mesh_for(spec: JobSpec, evaluator: ModelEvaluator) -> tuple[StructuredMesh, float]:
     sim = spec.simulation
     domain = Box(spec.domain.x[0], spec.domain.x[1], spec.domain.y[0], spec.domain.y[1])
     margin = sim.absorbing.width_in_meters if sim.absorbing else 0.0
@@ -62,7 +62,7 @@ def _mesh_for(spec: JobSpec, evaluator: ModelEvaluator) -> tuple[StructuredMesh,
         if vmin_mesh >= vmin * (1 - 1e-12):
             break
         vmin = vmin_mesh
-    return mesh, vmin, h
+    return mesh, vmin
 
 
 def _check_time_step(spec: JobSpec, stable_dt: float) -> None:
@@ -75,16 +75,16 @@ def _check_time_step(spec: JobSpec, stable_dt: float) -> None:
         )
 
 
-def _model(spec: JobSpec) -> tuple[ModelEvaluator, StructuredMesh, float, float]:
+def _model(spec: JobSpec) -> tuple[ModelEvaluator, StructuredMesh, float]:
     domain = Box(spec.domain.x[0], spec.domain.x[1], spec.domain.y[0], spec.domain.y[1])
     evaluator = ModelEvaluator(ModelSource(spec.model.vp, spec.model.rho, spec.model.file), domain)
-    mesh, vmin, h = _mesh_for(spec, evaluator)
+    mesh, vmin = _mesh_for(spec, evaluator)
     if mesh.n_points > 50_000_000:
         raise ConfigError(
             f"simulation_configuration.elements_per_wavelength: the mesh would have "
             f"{mesh.n_points} points; lower elements_per_wavelength or max_frequency_in_hertz"
         )
-    return evaluator, mesh, vmin, h
+    return evaluator, mesh, vmin
 
 
 def _absorbing(spec: JobSpec) -> dict:
@@ -115,7 +115,7 @@ def validate(spec: JobSpec, ranks: int) -> dict:
     any MPI work or output.
     """
     _check_mappings(spec)
-    evaluator, mesh, vmin, _ = _model(spec)
+    evaluator, mesh, vmin = _model(spec)
     decompose(mesh, ranks)  # rejects more ranks than the mesh can take
     problem = ForwardProblem(mesh, evaluator, **_absorbing(spec))
     _check_time_step(spec, problem.stable_dt)
@@ -134,7 +134,7 @@ def prepare(spec: JobSpec, comm) -> Setup:
     from ..parallel.petsc import HaloExchange, NaturalOrder
 
     _check_mappings(spec)
-    evaluator, mesh, vmin, _ = _model(spec)
+    evaluator, mesh, vmin = _model(spec)
     decomposition = decompose(mesh, comm.size)
     part = local_part(mesh, decomposition, comm.rank)
     halo = HaloExchange(comm, part)

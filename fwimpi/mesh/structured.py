@@ -127,10 +127,6 @@ class StructuredMesh:
         same = {k: np.broadcast_to(getattr(ref, k), shape) for k in ("jw", "g11", "g12", "g22")}
         return ElementGeometry(self.order, x, y, **same)
 
-    def element_centroids(self) -> np.ndarray:
-        """``(E, 2)`` centres of the elements."""
-        return self.corners().mean(axis=1)
-
     def locate(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Element and reference coordinates of points ``(Q, 2)``.
 

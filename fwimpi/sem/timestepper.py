@@ -67,11 +67,6 @@ def _adjoint_update(v, v_old, kv, cu, co, cf, v_new, g0, u, half_dt_d):
         g0[i] += u[i] * ((a - 2.0 * v[i] + v_old[i]) + half_dt_d[i] * (a - v_old[i]))
 
 
-def sample(u: np.ndarray, sampling: PointSampling) -> np.ndarray:
-    """Values ``(R,)`` of the field ``u (P,)`` at the sampled points."""
-    return np.einsum("rk,rk->r", sampling.weights, u[sampling.indices])
-
-
 @dataclass
 class State:
     """Leapfrog state: ``u = u[n]``, ``u_old = u[n-1]`` (``(P,)`` each) at step ``n``."""
