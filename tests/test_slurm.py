@@ -20,9 +20,10 @@ import pytest
 from fwimpi.errors import ConfigError
 from fwimpi.jobs import sites
 from fwimpi.jobs.sites import LocalSite, SlurmSite, load_site
-from fwimpi.jobs.slurm import (FINAL_STATES, SlurmError, cancel, job_state, log_tail,
-                               parse_job_state, partition_cpus, render_batch_script,
-                               run_on_slurm, status, submission_env, submit, wait)
+from fwimpi.jobs.slurm import (FINAL_STATES, TEMPLATE, TEMPLATE_KEYS, SlurmError, cancel,
+                               job_state, log_tail, parse_job_state, partition_cpus,
+                               render_batch_script, run_on_slurm, status, submission_env, submit,
+                               wait)
 from fwimpi.jobs.spec import load_job_spec
 
 from test_cli import SMALL_JOB
@@ -31,6 +32,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
 CANNOT_INSTALL = 10  # exit status of slurm_cluster.sh when SLURM cannot be installed here
 SITE = SlurmSite("slurm", "debug", "00:10:00", None, (), "srun", ("--mpi=pmix",))
+
+
+@pytest.fixture(autouse=True)
+def no_user_sites(tmp_path_factory, monkeypatch):
+    """Only the shipped sites, whatever the user running the tests has in ~/.config; returns
+    the XDG_CONFIG_HOME that the test may fill."""
+    config = tmp_path_factory.mktemp("xdg-config")
+    monkeypatch.delenv("FWIMPI_SITES", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    return config
 
 
 def _ci() -> bool:
@@ -101,7 +112,7 @@ def test_sites_load_local_and_slurm():
     ("type: pbs\n", "type"),
 ])
 def test_bad_slurm_site_files_are_rejected_naming_the_field(text, field, tmp_path, monkeypatch):
-    monkeypatch.setattr(sites, "SITES_DIR", tmp_path)
+    monkeypatch.setenv("FWIMPI_SITES", str(tmp_path))
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(ConfigError) as info:
         load_site("bad")
@@ -109,6 +120,178 @@ def test_bad_slurm_site_files_are_rejected_naming_the_field(text, field, tmp_pat
     assert "\n" not in message
     expected = f"site 'bad'.{field}:" if field else "site 'bad': unknown key(s) nodes"
     assert message.startswith(expected), message
+
+
+# --------------------------------------------------------------------------- user sites
+
+
+def test_shipped_sites_are_package_data():
+    shipped = Path(str(sites.SHIPPED_SITES))
+    assert shipped == ROOT / "fwimpi" / "configs" / "sites"
+    assert Path(str(TEMPLATE)) == ROOT / "fwimpi" / "configs" / "slurm_batch.sh"
+    assert {"local", "slurm"} <= set(sites.known_sites())
+    # the old top-level path still works for docs and habits: a symlink into the package
+    assert (ROOT / "configs").is_symlink() and (ROOT / "configs" / "sites" / "local.yaml").is_file()
+
+
+def test_site_folders_order_and_defaults(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    monkeypatch.setenv("FWIMPI_SITES", f"{a}{os.pathsep}{os.pathsep}{b}")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert sites.site_folders() == (a, b, tmp_path / "xdg" / "fwimpi" / "sites",
+                                    sites.SHIPPED_SITES)
+    # unset, empty or relative XDG_CONFIG_HOME: ~/.config (the XDG base directory spec)
+    monkeypatch.delenv("FWIMPI_SITES")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for value in (None, "", "relative/config"):
+        if value is None:
+            monkeypatch.delenv("XDG_CONFIG_HOME")
+        else:
+            monkeypatch.setenv("XDG_CONFIG_HOME", value)
+        assert sites.user_site_folders() == (tmp_path / "home" / ".config" / "fwimpi" / "sites",)
+
+
+def test_user_site_in_fwimpi_sites_overrides_the_shipped_local(tmp_path, monkeypatch):
+    (tmp_path / "local.yaml").write_text("launcher: mpiexec\narguments: ['--bind-to', 'none']\n")
+    monkeypatch.setenv("FWIMPI_SITES", str(tmp_path))
+    site = load_site("local")
+    assert site == LocalSite("local", "mpiexec", ("--bind-to", "none"))
+    monkeypatch.delenv("FWIMPI_SITES")
+    assert load_site("local").launcher == "mpirun"  # the shipped one again
+
+
+def test_user_site_in_xdg_config_home_adds_a_site(no_user_sites):
+    folder = no_user_sites / "fwimpi" / "sites"
+    folder.mkdir(parents=True)
+    (folder / "cluster.yaml").write_text(
+        "type: slurm\npartition: compute\naccount: proj-7\ntime_limit: '2:00:00'\n")
+    site = load_site("cluster")
+    assert isinstance(site, SlurmSite)
+    assert (site.partition, site.account, site.time_limit) == ("compute", "proj-7", "2:00:00")
+    assert site.batch_template is None  # the shipped template
+    assert {"cluster", "local", "slurm"} <= set(sites.known_sites())
+    assert isinstance(load_site("slurm"), SlurmSite)  # the shipped ones are still there
+
+
+def test_site_precedence_fwimpi_sites_then_xdg_then_shipped(no_user_sites, tmp_path, monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    xdg = no_user_sites / "fwimpi" / "sites"
+    for folder in (first, second, xdg):
+        folder.mkdir(parents=True)
+    (first / "a.yaml").write_text("arguments: [first]\n")
+    (second / "a.yaml").write_text("arguments: [second]\n")
+    (second / "b.yaml").write_text("arguments: [second]\n")
+    (xdg / "b.yaml").write_text("arguments: [xdg]\n")
+    (xdg / "c.yaml").write_text("arguments: [xdg]\n")
+    (xdg / "slurm.yaml").write_text("type: slurm\npartition: xdg\n")
+    monkeypatch.setenv("FWIMPI_SITES", os.pathsep.join(map(str, (tmp_path / "missing", first,
+                                                                    second))))
+    assert load_site("a").arguments == ("first",)
+    assert load_site("b").arguments == ("second",)
+    assert load_site("c").arguments == ("xdg",)
+    assert load_site("slurm").partition == "xdg"
+    assert load_site("local").arguments == ("--oversubscribe",)  # shipped
+    # the first folder holding the file wins, even when that file is bad
+    (first / "c.yaml").write_text("launcher: 'mpirun; id'\n")
+    with pytest.raises(ConfigError, match=r"^site 'c'\.launcher: "):
+        load_site("c")
+
+
+def test_unknown_site_lists_the_known_sites_and_the_folders(no_user_sites, tmp_path, monkeypatch):
+    (tmp_path / "mine.yaml").write_text("launcher: mpirun\n")
+    (tmp_path / "notes.txt").write_text("not a site\n")
+    monkeypatch.setenv("FWIMPI_SITES", str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        load_site("nosuch")
+    message = str(info.value)
+    assert "\n" not in message
+    xdg = no_user_sites / "fwimpi" / "sites"
+    assert message == (f"site: no site 'nosuch' (known: local, mine, slurm; searched, in this "
+                       f"order: {tmp_path}, {xdg}, {sites.SHIPPED_SITES})")
+    for name in ("../local", "a/b", "", ".hidden", "x" * 65):
+        with pytest.raises(ConfigError, match=r"^site: invalid site name "):
+            load_site(name)
+
+
+def test_user_slurm_site_with_its_own_batch_template(tmp_path, monkeypatch):
+    folder = tmp_path / "sites"
+    (folder / "templates").mkdir(parents=True)
+    (folder / "templates" / "batch.sh").write_text(
+        "#!/bin/bash\n#SBATCH --job-name=$job_name\n#SBATCH --partition=$partition\n"
+        "#SBATCH --ntasks=$ranks\n#SBATCH --output=$log\n$directives\nmodule load openmpi\n"
+        "echo \"on $${SLURM_JOB_NODELIST}\"\n"
+        "$launcher $arguments -n $ranks $python -m mpi4py -m fwimpi.cli exec $job$forward_only\n")
+    (folder / "mine.yaml").write_text("type: slurm\npartition: gpu\n"
+                                      "directives: ['--mem-per-cpu=2G']\n"
+                                      "batch_template: templates/batch.sh\n")
+    absolute = tmp_path / "abs.sh"
+    absolute.write_text("#!/bin/bash\n# site $site\n$launcher -n $ranks $python $job\n")
+    (folder / "other.yaml").write_text(f"type: slurm\npartition: gpu\nbatch_template: {absolute}\n")
+    monkeypatch.setenv("FWIMPI_SITES", str(folder))
+
+    site = load_site("mine")
+    assert site.batch_template == folder / "templates" / "batch.sh"
+    lines = _script(tmp_path, site=site, ranks=3, cores=8).splitlines()
+    assert lines[:5] == ["#!/bin/bash", "#SBATCH --job-name=small", "#SBATCH --partition=gpu",
+                         "#SBATCH --ntasks=3",
+                         f"#SBATCH --output={tmp_path}/out/slurm/small-%j.log"]
+    assert "#SBATCH --mem-per-cpu=2G" in lines and "module load openmpi" in lines
+    assert 'echo "on ${SLURM_JOB_NODELIST}"' in lines
+    assert lines[-1] == (f"srun --mpi=pmix -n 3 {sys.executable} -m mpi4py -m fwimpi.cli exec "
+                         f"{tmp_path}/job.yaml")
+    other = load_site("other")
+    assert other.batch_template == absolute
+    assert _script(tmp_path, site=other).splitlines() == [
+        "#!/bin/bash", "# site other", f"srun -n 2 {sys.executable} {tmp_path}/job.yaml"]
+    # the shipped site keeps the shipped template
+    assert "#SBATCH --chdir=" in _script(tmp_path, site=load_site("slurm"))
+
+
+@pytest.mark.parametrize("value, message", [
+    ("missing.sh", r"no such file: '.*/missing\.sh'"),
+    ("''", r"must be the path of a batch script template"),
+    ("42", r"must be the path of a batch script template"),
+    ("[a.sh]", r"must be the path of a batch script template"),
+    ('"a\\nb.sh"', r"must be the path of a batch script template"),
+    (".", r"no such file"),
+])
+def test_bad_batch_template_is_rejected_naming_the_field(value, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("FWIMPI_SITES", str(tmp_path))
+    (tmp_path / "bad.yaml").write_text(f"type: slurm\npartition: debug\nbatch_template: {value}\n")
+    with pytest.raises(ConfigError, match=rf"^site 'bad'\.batch_template: {message}"):
+        load_site("bad")
+
+
+def test_batch_template_only_for_slurm_sites(tmp_path, monkeypatch):
+    monkeypatch.setenv("FWIMPI_SITES", str(tmp_path))
+    (tmp_path / "t.sh").write_text("#!/bin/bash\n")
+    (tmp_path / "bad.yaml").write_text("launcher: mpirun\nbatch_template: t.sh\n")
+    with pytest.raises(ConfigError, match=r"^site 'bad': unknown key\(s\) batch_template"):
+        load_site("bad")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("#!/bin/bash\necho $HOME\n", r"unknown placeholder\(s\) HOME in "),
+    ("#!/bin/bash\n$job $(id)\n", r"has a '\$' that is not a placeholder"),
+    ("#!/bin/bash\necho ${unknown} $job_name\n", r"unknown placeholder\(s\) unknown in "),
+])
+def test_bad_batch_template_contents_are_rejected(text, message, tmp_path):
+    template = tmp_path / "t.sh"
+    template.write_text(text)
+    site = SlurmSite(**{**SITE.__dict__, "batch_template": template})
+    with pytest.raises(ConfigError, match=rf"^site 'slurm'\.batch_template: .*{message}"):
+        _script(tmp_path, site=site)
+    gone = SlurmSite(**{**SITE.__dict__, "batch_template": tmp_path / "gone.sh"})
+    with pytest.raises(ConfigError, match=r"^site 'slurm'\.batch_template: cannot read "):
+        _script(tmp_path, site=gone)
+
+
+def test_shipped_template_uses_only_known_placeholders():
+    import string
+
+    template = string.Template(TEMPLATE.read_text())
+    assert template.is_valid()
+    assert set(template.get_identifiers()) <= set(TEMPLATE_KEYS)
 
 
 # --------------------------------------------------------------------------- the batch script

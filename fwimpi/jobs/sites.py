@@ -1,8 +1,18 @@
-"""Sites: how a job is launched (``configs/sites/<name>.yaml``).
+"""Sites: how a job is launched (``<name>.yaml`` in a site folder).
 
 A site file holds ``type: local`` (the default: ``mpirun`` on this machine, ``LocalSite``) or
 ``type: slurm`` (an sbatch script submitted to a SLURM partition, ``SlurmSite``; the batch
 script and the submission are in ``fwimpi.jobs.slurm``).
+
+Site folders, searched in this order (``site_folders``); the first holding ``<name>.yaml``
+wins, so a user's site adds a new site or overrides a shipped one:
+
+1. every folder in the environment variable ``FWIMPI_SITES`` (``os.pathsep``-separated);
+2. ``$XDG_CONFIG_HOME/fwimpi/sites`` (default ``~/.config/fwimpi/sites``);
+3. the sites shipped in the package, ``fwimpi/configs/sites`` (package data).
+
+A SLURM site may name its own batch script template, ``batch_template: PATH`` (absolute, or
+relative to the site file's folder); by default ``fwimpi/configs/slurm_batch.sh``.
 """
 
 import os
@@ -10,6 +20,8 @@ import re
 import shutil
 import sys
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import ClassVar
 
@@ -17,9 +29,61 @@ import yaml
 
 from ..errors import ConfigError
 
-SITES_DIR = Path(__file__).resolve().parents[2] / "configs" / "sites"
+#: the package data: shipped sites and the default batch template (files on disk once
+#: installed, whether by ``pip install .`` or ``pip install -e .``)
+CONFIGS: Traversable = resources.files("fwimpi").joinpath("configs")
+SHIPPED_SITES: Traversable = CONFIGS.joinpath("sites")
+SITES_ENV = "FWIMPI_SITES"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ARGUMENT = re.compile(r"[A-Za-z0-9_.,:=/+@-]+")
+
+
+def user_site_folders() -> tuple[Path, ...]:
+    """The user's site folders, first searched first: those of ``$FWIMPI_SITES``, then
+    ``$XDG_CONFIG_HOME/fwimpi/sites``. Read from the environment at each call."""
+    folders = [Path(os.path.abspath(os.path.expanduser(p)))
+               for p in os.environ.get(SITES_ENV, "").split(os.pathsep) if p.strip()]
+    config = os.environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(config):  # unset, empty or relative: ignored (XDG base directory spec)
+        config = os.path.join(os.path.expanduser("~"), ".config")
+    folders.append(Path(config) / "fwimpi" / "sites")
+    return tuple(folders)
+
+
+def site_folders() -> tuple[Traversable, ...]:
+    """Every site folder in search order: the user's (``user_site_folders``), then the
+    shipped ones."""
+    return (*user_site_folders(), SHIPPED_SITES)
+
+
+def _site_files(folder: Traversable) -> tuple[Traversable, ...]:
+    try:
+        return tuple(p for p in folder.iterdir() if p.name.endswith(".yaml") and p.is_file())
+    except OSError:  # missing folder, not a folder, not readable
+        return ()
+
+
+def known_sites() -> tuple[str, ...]:
+    """The names of every site in every site folder, sorted."""
+    return tuple(sorted({p.name[:-len(".yaml")] for folder in site_folders()
+                         for p in _site_files(folder)}))
+
+
+def find_site(name: str) -> tuple[Traversable, Traversable]:
+    """``(folder, file)`` of site ``name``: ``<name>.yaml`` in the first site folder holding it.
+    Raises ConfigError (field ``site``) listing the known sites and the folders searched."""
+    if not _NAME.fullmatch(name or ""):
+        raise ConfigError(f"site: invalid site name {name!r}")
+    folders = site_folders()
+    for folder in folders:
+        path = folder.joinpath(f"{name}.yaml")
+        try:
+            if path.is_file():
+                return folder, path
+        except OSError as err:  # e.g. a folder of FWIMPI_SITES that we may not read
+            raise ConfigError(f"site: cannot read {path}: {err.strerror or err}") from None
+    raise ConfigError(f"site: no site '{name}' (known: {', '.join(known_sites()) or 'none'}; "
+                      f"searched, in this order: {', '.join(str(f) for f in folders)})")
 
 
 @dataclass(frozen=True)
@@ -63,26 +127,27 @@ class SlurmSite:
     directives: tuple[str, ...]
     launcher: str
     arguments: tuple[str, ...]
+    #: the batch script template (a ``string.Template``); None: the shipped one,
+    #: ``fwimpi/configs/slurm_batch.sh``
+    batch_template: Traversable | None = None
 
 
-_LOCAL_KEYS = {"type", "launcher", "arguments"}
-_SLURM_KEYS = {"type", "partition", "time_limit", "account", "directives", "launcher",
-               "arguments"}
+_LOCAL_KEYS = frozenset({"type", "launcher", "arguments"})
+_SLURM_KEYS = frozenset({"type", "partition", "time_limit", "account", "directives", "launcher",
+                         "arguments", "batch_template"})
 
 
 def load_site(name: str) -> LocalSite | SlurmSite:
-    """Read and validate ``configs/sites/<name>.yaml``. Raises ConfigError (field ``site``)."""
-    if not _NAME.fullmatch(name or ""):
-        raise ConfigError(f"site: invalid site name {name!r}")
-    path = SITES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in SITES_DIR.glob("*.yaml"))
-        raise ConfigError(f"site: no site '{name}' in {SITES_DIR} (known: {', '.join(known)})")
+    """Read and validate ``<name>.yaml`` from the first site folder holding it
+    (``site_folders``). Raises ConfigError (field ``site``)."""
+    folder, path = find_site(name)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         line = str(err).replace("\n", " ")
         raise ConfigError(f"site '{name}': {path} is not valid YAML: {line}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"site '{name}': cannot read {path}: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"site '{name}': {path} must hold a mapping of keys to values")
     kind = data.get("type", "local")
@@ -105,10 +170,11 @@ def load_site(name: str) -> LocalSite | SlurmSite:
         raise ConfigError(f"site '{name}'.arguments: must be a list of plain words, got {arguments!r}")
     if kind == "local":
         return LocalSite(name, launcher, tuple(arguments))
-    return _slurm_site(name, data, launcher, tuple(arguments))
+    return _slurm_site(name, data, launcher, tuple(arguments), folder)
 
 
-def _slurm_site(name: str, data: dict, launcher: str, arguments: tuple[str, ...]) -> SlurmSite:
+def _slurm_site(name: str, data: dict, launcher: str, arguments: tuple[str, ...],
+                folder: Traversable) -> SlurmSite:
     partition = data.get("partition")
     if not isinstance(partition, str) or not _PARTITION.fullmatch(partition):
         raise ConfigError(f"site '{name}'.partition: must be a partition name "
@@ -136,4 +202,26 @@ def _slurm_site(name: str, data: dict, launcher: str, arguments: tuple[str, ...]
         if option in RESERVED_DIRECTIVES:
             raise ConfigError(f"site '{name}'.directives[{i}]: --{option} is set by fwimpi "
                               f"(from the job or the site's own keys), got {d!r}")
-    return SlurmSite(name, partition, time_limit, account, tuple(directives), launcher, arguments)
+    template = _batch_template(name, data.get("batch_template"), folder)
+    return SlurmSite(name, partition, time_limit, account, tuple(directives), launcher, arguments,
+                     template)
+
+
+def _batch_template(name: str, value, folder: Traversable) -> Traversable | None:
+    """The site's ``batch_template``: absolute (``~`` expanded) or relative to the site file's
+    folder, and an existing file; None (the shipped template) when not given."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or any(ord(c) < 32 for c in value):
+        raise ConfigError(f"site '{name}'.batch_template: must be the path of a batch script "
+                          f"template, absolute or relative to the site file's folder, "
+                          f"got {value!r}")
+    value = os.path.expanduser(value)
+    template = Path(value) if os.path.isabs(value) else folder.joinpath(value)
+    try:
+        found = template.is_file()
+    except OSError:
+        found = False
+    if not found:
+        raise ConfigError(f"site '{name}'.batch_template: no such file: {str(template)!r}")
+    return template

@@ -1,7 +1,8 @@
 """Running a job through SLURM: the batch script, sbatch, scontrol and scancel.
 
-``render_batch_script`` is pure: it fills ``configs/slurm_batch.sh`` (a ``string.Template``)
-from a validated ``SlurmSite`` and the job, and validates every value that reaches the script
+``render_batch_script`` is pure: it fills the site's batch template (a ``string.Template``: the
+site's ``batch_template``, by default the shipped ``fwimpi/configs/slurm_batch.sh``, package
+data) from a validated ``SlurmSite`` and the job, and validates every value that reaches the script
 (names by pattern; paths absolute and made of a safe set of characters) so that nothing a user
 writes can inject shell or extra ``#SBATCH`` lines. The other functions are thin wrappers around
 the SLURM commands, always with argv lists (never a shell).
@@ -30,9 +31,14 @@ from pathlib import Path
 
 from ..errors import ConfigError, FwimpiError
 from ..mesh.files import atomic_path, write_json_atomic
-from .sites import SlurmSite
+from .sites import CONFIGS, SlurmSite
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "configs" / "slurm_batch.sh"
+#: the shipped batch script template (package data)
+TEMPLATE = CONFIGS.joinpath("slurm_batch.sh")
+#: the placeholders a batch template may use (``$name`` or ``${name}``; ``$$`` is a ``$``)
+TEMPLATE_KEYS = ("job_name", "partition", "time_limit", "ranks", "workdir", "log", "directives",
+                 "site", "launcher", "arguments", "python", "job", "forward_only",
+                 "overcommit_env")
 
 #: states after which a job never changes again (``UNKNOWN``: scontrol has forgotten it)
 FINAL_STATES = frozenset({
@@ -110,6 +116,28 @@ def _check_site(site: SlurmSite) -> None:
     check_job_name(site.name, "site")
 
 
+def batch_template(site: SlurmSite) -> string.Template:
+    """The site's batch template (``site.batch_template``, else the shipped ``TEMPLATE``),
+    checked: readable, valid ``$`` syntax and only the placeholders of ``TEMPLATE_KEYS``.
+    Raises ConfigError naming ``site '<name>'.batch_template``."""
+    path = TEMPLATE if site.batch_template is None else site.batch_template
+    if isinstance(path, (str, os.PathLike)):  # a SlurmSite built by hand
+        path = Path(path)
+    field = f"site '{site.name}'.batch_template"
+    try:
+        template = string.Template(path.read_text())
+    except (OSError, UnicodeDecodeError, AttributeError, TypeError) as err:
+        raise ConfigError(f"{field}: cannot read {str(path)!r}: {err}") from None
+    if not template.is_valid():
+        raise ConfigError(f"{field}: {str(path)!r} has a '$' that is not a placeholder "
+                          f"(write $$ for a literal $)")
+    unknown = sorted(set(template.get_identifiers()) - set(TEMPLATE_KEYS))
+    if unknown:
+        raise ConfigError(f"{field}: unknown placeholder(s) {', '.join(unknown)} in "
+                          f"{str(path)!r} (known: {', '.join(TEMPLATE_KEYS)})")
+    return template
+
+
 def render_batch_script(site: SlurmSite, job_path: Path, job_name: str, output_dir: Path,
                         ranks: int, forward_only: bool, *, cores: int | None = None,
                         python: str | None = None) -> str:
@@ -117,8 +145,9 @@ def render_batch_script(site: SlurmSite, job_path: Path, job_name: str, output_d
 
     ``cores``: cores the job may use (the partition's); more ranks than that adds
     ``--overcommit`` (default: this machine's CPU count). ``python``: the interpreter that
-    runs fwimpi (default ``sys.executable``, the venv's). Raises ConfigError naming the field
-    for any value that is not safe in the script.
+    runs fwimpi (default ``sys.executable``, the venv's). The template is
+    ``batch_template(site)``. Raises ConfigError naming the field for any value that is not
+    safe in the script.
     """
     _check_site(site)
     job_name = check_job_name(job_name, "name")
@@ -145,7 +174,7 @@ def render_batch_script(site: SlurmSite, job_path: Path, job_name: str, output_d
         # OpenMPI that it is oversubscribed, and busy polling then slows everything ~10x)
         "overcommit_env": "export OMPI_MCA_mpi_yield_when_idle=1" if ranks > cores else "",
     }
-    return string.Template(TEMPLATE.read_text()).substitute(values)
+    return batch_template(site).substitute(values)
 
 
 # --------------------------------------------------------------------------- SLURM commands

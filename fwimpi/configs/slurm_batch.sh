@@ -6,7 +6,7 @@
 #SBATCH --chdir=$workdir
 #SBATCH --output=$log
 $directives
-# Rendered by fwimpi (fwimpi/jobs/slurm.py) from configs/slurm_batch.sh for site '$site';
+# Rendered by fwimpi (fwimpi/jobs/slurm.py) from fwimpi/configs/slurm_batch.sh for site '$site';
 # every value above and below was validated (names by pattern, paths absolute and plain).
 set -uo pipefail
 # Debian's h5py loads its MPI build only when one of these is set, and srun sets none of them.
