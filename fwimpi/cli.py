@@ -97,11 +97,11 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _validate(args) -> int:
-    from .jobs.runner import validate
+    from .jobs.plan import plan_job
     from .jobs.spec import load_job_spec
 
     spec = load_job_spec(args.job)
-    derived = validate(spec, spec.ranks_per_job)
+    derived = plan_job(spec, spec.ranks_per_job).describe()
     print(json.dumps({"job": spec.resolved, "derived": derived}, indent=2))
     return 0
 
@@ -110,7 +110,7 @@ def _run(args) -> int:
     """Validate, then run in this process (one rank) or launch ``ranks`` through the site."""
     import subprocess
 
-    from .jobs.runner import validate
+    from .jobs.plan import plan_job
     from .jobs.sites import load_site
     from .jobs.spec import load_job_spec
     from .jobs.state import LOCK_ENV, JobState, OutputLock, product_hashes
@@ -120,11 +120,11 @@ def _run(args) -> int:
         raise ConfigError(f"--ranks: must be a positive integer, got {args.ranks}")
     ranks = args.ranks or spec.ranks_per_job
     site = load_site(args.site or spec.site)
-    validate(spec, ranks)  # every input check, before any MPI work or output
+    plan_job(spec, ranks)  # every input check, before any MPI work or output
     if site.kind == "slurm":  # the batch job's `fwimpi exec` takes the output lock
         return _run_on_slurm(args, spec, site, ranks)
     gradients = spec.misfit is not None and not args.forward_only
-    state = JobState(spec.output, product_hashes(spec, gradients))
+    state = JobState.read(spec.output, product_hashes(spec, gradients))
     if state.all_done() and (spec.output / "summary.json").is_file():
         log.info("all products of job %s are already computed; not run again", spec.name)
         print(json.dumps(json.loads((spec.output / "summary.json").read_text())["simulation"],
@@ -177,12 +177,15 @@ def _exec(args, in_process: bool = False) -> int:
     os.environ.setdefault("H5PY_ALWAYS_USE_MPI", "1")
     from mpi4py import MPI
 
-    from .jobs.runner import run_job
-    from .jobs.spec import load_job_spec
+    from .jobs.execution import run_job
+    from .jobs.spec import load_job_spec, read_job_text
+    from .parallel.distributed import decide_on_root
 
     comm = MPI.COMM_WORLD
+    spec, root_pid = None, comm.bcast(os.getpid(), root=0)
     try:
-        spec = load_job_spec(args.job)
+        # one rank reads the spec: every rank parses the same text
+        spec = load_job_spec(args.job, decide_on_root(comm, lambda: read_job_text(args.job)))
         with _collective_lock(comm, spec.output):
             summary = run_job(spec, comm, forward_only=args.forward_only)
     except Exception as err:  # noqa: BLE001 - any error must end every rank, never hang
@@ -193,7 +196,8 @@ def _exec(args, in_process: bool = False) -> int:
             traceback.print_exc()
         from .mesh.files import remove_temp_files
 
-        remove_temp_files()
+        if spec is not None:
+            remove_temp_files(spec.output, root_pid)
         rank = f" (rank {comm.rank})"
         print(f"fwimpi: {'error' if code == 2 else 'failed'}{rank}: {type(err).__name__}: {err}",
               file=sys.stderr, flush=True)

@@ -9,25 +9,16 @@ for 1000 steps on the tutorial mesh), stretch 140 M.
 import argparse
 import statistics
 
-import numpy as np
+from mpi4py import MPI
 
-from fwimpi.inversion.forward import ForwardProblem, PointSource
-from fwimpi.mesh.model import ModelEvaluator, ModelSource
-from fwimpi.mesh.structured import Box, build_mesh
+from benchcase import tutorial
 
 
 def bench(refine: int, steps: int, repeats: int) -> None:
-    domain = Box(0.0, 3000.0, -1000.0, 0.0)
-    model = ModelEvaluator(ModelSource("1500.0 - y", "1000.0 - y"), domain)
-    mesh = build_mesh(domain, 1400.0, 75.0 / refine, 4)
-    problem = ForwardProblem(mesh, model, absorbing_width=1400.0, reference_velocity=2000.0)
-    axis = problem.time_axis(1.0, None)
-    axis = type(axis)(axis.dt, steps)
-    receivers = np.column_stack((np.linspace(100, 2900, 10), np.zeros(10)))
-    seconds = []
-    for _ in range(repeats):
-        _, _, s = problem.simulate([PointSource(500.0, -500.0, 1.0)], receivers, axis, 5.0)
-        seconds.append(s)
+    sim = tutorial(MPI.COMM_SELF, refine, steps=steps)
+    mesh, event = sim.plan.mesh, sim.spec.events[0]
+    seconds = [sim.solver.forward(event).seconds for _ in range(repeats)]
+    sim.close()
     best, median = min(seconds), statistics.median(seconds)
     rate = mesh.n_points * steps / best / 1e6
     print(f"{mesh.nex:>4} x {mesh.ney:<4} {mesh.n_points:>10,d} {steps:>6d} {best:>9.3f} "

@@ -23,37 +23,30 @@ import numpy as np
 def one(refine: int, interval: int, budget_mb: float | None, save: str | None,
         end_time: float) -> dict:
     """Run one configuration here; budget None means a forward run only."""
-    from fwimpi.inversion.forward import ForwardProblem, PointSource
-    from fwimpi.inversion.gradient import CheckpointIO, event_gradient, plan_chunks
-    from fwimpi.mesh.model import ModelEvaluator, ModelSource
-    from fwimpi.mesh.structured import Box, build_mesh
+    from mpi4py import MPI
+
+    from benchcase import tutorial
+    from fwimpi.inversion.gradient import CheckpointIO, plan_chunks
     from fwimpi.sem.misfits import l2_energy
     from fwimpi.sem.timestepper import State
 
-    domain = Box(0.0, 3000.0, -1000.0, 0.0)
-    model = ModelEvaluator(ModelSource("1500.0 - y", "1000.0 - y"), domain)
-    mesh = build_mesh(domain, 1400.0, 75.0 / refine, 4)
-    problem = ForwardProblem(mesh, model, absorbing_width=1400.0, reference_velocity=2000.0)
-    axis = problem.time_axis(end_time)
-    sources = [PointSource(500.0, -500.0, 1.0)]
-    receivers = np.column_stack((np.linspace(100, 2900, 10), np.zeros(10)))
+    sim = tutorial(MPI.COMM_SELF, refine, end_time=end_time)
+    mesh, problem, axis, event = sim.plan.mesh, sim.solver, sim.axis, sim.spec.events[0]
+    n_points = sim.mesh.n_local
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     row = {"points": mesh.n_points, "steps": axis.n_steps, "interval": interval,
            "budget_mb": budget_mb, "setup_rss_mb": base}
     if budget_mb is None:
-        _, _, seconds = problem.simulate(sources, receivers, axis, 5.0)
-        row.update(seconds=seconds)
+        row.update(seconds=problem.forward(event).seconds)
     else:
-        chunk = plan_chunks(axis.n_steps, interval, problem.n_local_points, budget_mb * 2**20)
+        chunk = plan_chunks(axis.n_steps, interval, n_points, budget_mb * 2**20)
         with tempfile.TemporaryDirectory() as tmp:  # checkpoints on disk, as in a job
-            from mpi4py import MPI
-
             from fwimpi.parallel.checkpoints import CheckpointWriter
 
             cold = None
             for attempt in range(2):  # cold: first touch of fresh memory; then warm
                 writer = CheckpointWriter(MPI.COMM_SELF, Path(tmp) / f"cp{attempt}.h5", 0,
-                                          problem.n_local_points, problem.n_local_points, {})
+                                          n_points, n_points, {})
 
                 def load(n, writer=writer):
                     u, u_old = writer.load(n)
@@ -61,9 +54,8 @@ def one(refine: int, interval: int, budget_mb: float | None, save: str | None,
 
                 io = CheckpointIO(chunk, save=lambda n, st, w=writer: w.save(n, st.u, st.u_old),
                                   load=load)
-                result = event_gradient(problem, axis, sources, receivers, 5.0, None,
-                                        lambda keep, tr: l2_energy(tr, axis.dt),
-                                        interval=interval, chunk=chunk, checkpoints=io)
+                result = problem.gradient(event, lambda keep, tr: l2_energy(tr, axis.dt),
+                                          interval=interval, chunk=chunk, checkpoints=io)
                 seconds = result.forward_seconds + result.adjoint_seconds
                 cold = seconds if cold is None else cold
                 writer.abandon()
@@ -72,7 +64,7 @@ def one(refine: int, interval: int, budget_mb: float | None, save: str | None,
                    in_memory=chunk >= axis.n_steps, recomputed=result.recomputed_steps,
                    wavefield_mb=result.wavefield_bytes / 2**20)
         if save:
-            np.save(save, result.dvp)
+            np.save(save, result.gradient["VP"])
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return row
 

@@ -36,12 +36,9 @@ import scipy.sparse
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from fwimpi.mesh.model import ModelEvaluator, ModelSource
-from fwimpi.mesh.structured import Box, build_mesh
-from fwimpi.parallel.decomposition import decompose, local_part
+from benchcase import tutorial
 from fwimpi.parallel.petsc import HaloExchange
 from fwimpi.sem.gll import derivative_matrix
-from fwimpi.sem.operators import AcousticStiffness
 
 ADD, INSERT = PETSc.InsertMode.ADD_VALUES, PETSc.InsertMode.INSERT_VALUES
 FORWARD, REVERSE = PETSc.ScatterMode.FORWARD, PETSc.ScatterMode.REVERSE
@@ -95,9 +92,9 @@ def element_matrices(m1_elem: np.ndarray, geometry, rectangles: bool) -> np.ndar
     n = geometry.order + 1
     d, eye = derivative_matrix(geometry.order), np.eye(n)
     dxi, deta = np.kron(eye, d), np.kron(d, eye)
-    c11, c12, c22 = ((m1_elem * g).reshape(-1, n * n, 1)
-                     for g in (geometry.g11, 0 * geometry.g12 if rectangles else geometry.g12,
-                               geometry.g22))
+    g = geometry.metric
+    c11, c12, c22 = ((m1_elem * a).reshape(-1, n * n, 1)
+                     for a in (g[0, 0], 0 * g[0, 1] if rectangles else g[0, 1], g[1, 1]))
     return dxi.T @ (c11 * dxi + c12 * deta) + deta.T @ (c12 * dxi + c22 * deta)
 
 
@@ -143,16 +140,11 @@ def best_times(comm, methods: dict, applications: int, repeats: int) -> dict:
 
 
 def bench(comm, refine: int, applications: int, repeats: int) -> list[dict]:
-    domain = Box(0.0, 3000.0, -1000.0, 0.0)
-    model = ModelEvaluator(ModelSource("1500.0 - y", "1000.0 - y"), domain)
-    mesh = build_mesh(domain, 1400.0, 75.0 / refine, 4)
-    dec = decompose(mesh, comm.size)
-    part = local_part(mesh, dec, comm.rank)
-    m1 = 1.0 / model(mesh.points)["RHO"]
-    lookup = np.full(mesh.n_points, -1, dtype=np.int64)
-    lookup[part.points] = np.arange(len(part.points))
-    stiffness = AcousticStiffness(mesh.geometry(part.elements), lookup[mesh.ibool(part.elements)],
-                                  m1[part.points])
+    sim = tutorial(comm, refine, steps=1)
+    mesh, dist = sim.plan.mesh, sim.mesh
+    dec, part = dist.decomposition, dist.part
+    m1 = 1.0 / sim.plan.model(mesh.points)["RHO"]
+    stiffness = sim.solver.stiffness
     x_natural = np.random.default_rng(1).standard_normal(mesh.n_points)
     x = x_natural[part.points]  # owned then ghosts
 

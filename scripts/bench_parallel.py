@@ -10,47 +10,34 @@ import argparse
 import json
 import time
 
-import numpy as np
 from mpi4py import MPI
 
-from fwimpi.inversion.forward import ForwardProblem, PointSource
-from fwimpi.mesh.model import ModelEvaluator, ModelSource
-from fwimpi.mesh.structured import Box, build_mesh
-from fwimpi.parallel.decomposition import decompose, local_part
-from fwimpi.parallel.petsc import HaloExchange
+from benchcase import tutorial
 
 
 def bench(comm, refine: int, steps: int, repeats: int) -> dict:
-    domain = Box(0.0, 3000.0, -1000.0, 0.0)
-    model = ModelEvaluator(ModelSource("1500.0 - y", "1000.0 - y"), domain)
-    mesh = build_mesh(domain, 1400.0, 75.0 / refine, 4)
-    part = local_part(mesh, decompose(mesh, comm.size), comm.rank)
-    halo = HaloExchange(comm, part)
+    sim = tutorial(comm, refine, steps=steps)
+    mesh, dist, event = sim.plan.mesh, sim.mesh, sim.spec.events[0]
     halo_seconds = [0.0]
+    exchange = dist.halo.assemble
 
     def assemble(a):
         t = time.perf_counter()
-        halo.assemble(a)
+        exchange(a)
         halo_seconds[0] += time.perf_counter() - t
 
-    problem = ForwardProblem(
-        mesh, model, elements=part.elements, points=part.points, absorbing_width=1400.0,
-        reference_velocity=2000.0, assemble=assemble, work=halo.buffer,
-        reduce_max=lambda v: comm.allreduce(v, op=MPI.MAX),
-    )
-    axis = problem.time_axis(1.0, None)
-    axis = type(axis)(axis.dt, steps)
-    receivers = np.column_stack((np.linspace(100, 2900, 10), np.zeros(10)))
+    if sim.solver.stepper.assemble is not None:
+        sim.solver.stepper.assemble = assemble
     best = None
     for _ in range(repeats):
         halo_seconds[0] = 0.0
         comm.Barrier()
-        _, _, s = problem.simulate([PointSource(500.0, -500.0, 1.0)], receivers, axis, 5.0)
-        s = comm.allreduce(s, op=MPI.MAX)
+        s = comm.allreduce(sim.solver.forward(event).seconds, op=MPI.MAX)
         h = comm.allreduce(halo_seconds[0], op=MPI.MAX)
         if best is None or s < best[0]:
             best = (s, h)
-    ghosts = comm.allreduce(len(part.ghosts))
+    ghosts = comm.allreduce(len(dist.part.ghosts))
+    sim.close()
     return {"elements": f"{mesh.nex} x {mesh.ney}", "points": mesh.n_points, "ranks": comm.size,
             "step_ms": 1e3 * best[0] / steps, "halo_ms": 1e3 * best[1] / steps,
             # each ghost value travels twice a step: to its owner (ADD) and back (INSERT)

@@ -8,11 +8,9 @@ on the tutorial mesh and a 16x larger one, next to the forward time loop on the 
 import time
 
 import numpy as np
+from mpi4py import MPI
 
-from fwimpi.inversion.forward import ForwardProblem, PointSource
-from fwimpi.inversion.smoothing import ConstantSmoothing
-from fwimpi.mesh.model import ModelEvaluator, ModelSource
-from fwimpi.mesh.structured import Box, build_mesh
+from benchcase import tutorial
 
 
 def main() -> None:
@@ -20,27 +18,24 @@ def main() -> None:
 
     print(f"{'elements':<10} {'points':>9} {'steps':>6} {'forward s':>10} {'smoothing s':>12} "
           f"{'ratio':>6} {'cold s':>8} {'cold ratio':>10}")
-    domain = Box(0.0, 3000.0, -1000.0, 0.0)
-    model = ModelEvaluator(ModelSource("1500.0 - y", "1000.0 - y"), domain)
     for refine in (1, 4):
-        mesh = build_mesh(domain, 1400.0, 75.0 / refine, 4)
-        problem = ForwardProblem(mesh, model, absorbing_width=1400.0, reference_velocity=2000.0)
-        axis = problem.time_axis(2.0)
-        receivers = np.column_stack((np.linspace(100, 2900, 10), np.zeros(10)))
-        _, _, forward = problem.simulate([PointSource(500.0, -500.0, 1.0)], receivers, axis, 5.0)
+        sim = tutorial(MPI.COMM_SELF, refine, end_time=2.0)
+        mesh, axis, weights = sim.plan.mesh, sim.axis, sim.mesh.weights  # one rank: natural
+        forward = sim.solver.forward(sim.spec.events[0]).seconds
         rng = np.random.default_rng(0)
-        field = {"VP": problem.weights * rng.standard_normal(mesh.n_points)}
-        smoothing = ConstantSmoothing({"VP": (100.0, 50.0)})
+        field = {"VP": weights * rng.standard_normal(mesh.n_points)}
+        smoothing = sim.spec.smoothing  # the tutorial's: VP (100 m, 50 m)
         times = []
         for _ in range(2):  # cold (first in the process: kernels loaded, KSP set up), warm
             start = time.perf_counter()
-            smoothing.apply(field, mesh.points, mesh.cells, problem.weights, mesh.order,
+            smoothing.apply(field, mesh.points, mesh.cells, weights, mesh.order,
                             mass_weighted=True)
             times.append(time.perf_counter() - start)
         cold, warm = times
         print(f"{mesh.nex:>4} x {mesh.ney:<3} {mesh.n_points:>9,d} {axis.n_steps:>6d} "
               f"{forward:>10.3f} {warm:>12.3f} {warm / forward:>6.2f} {cold:>8.3f} "
               f"{cold / forward:>10.2f}", flush=True)
+        sim.close()
 
 
 if __name__ == "__main__":

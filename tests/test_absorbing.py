@@ -14,14 +14,14 @@ domain, relative to the sum of squares of the reference traces.
 import numpy as np
 import pytest
 
-from fwimpi.inversion.forward import ForwardProblem, PointSource
 from fwimpi.mesh.model import ModelEvaluator, ModelSource
 from fwimpi.mesh.structured import Box, StructuredMesh, build_mesh
+from problems import event, margins, solver, stable_dt
 
 DOMAIN = Box(0.0, 3000.0, -1000.0, 0.0)
 MODEL = ModelEvaluator(ModelSource("1500.0 - y", "1000.0 - y"), DOMAIN)  # constant extension
 VMAX = 2500.0  # largest vp anywhere (domain bottom, and the margins below it)
-SOURCE = PointSource(500.0, -500.0, 1.0)
+SOURCE = (500.0, -500.0)
 FC, ORDER, H = 5.0, 4, 75.0  # 2 elements per wavelength at 10 Hz for vmin = 1500 m/s
 MARGIN, REFERENCE_VELOCITY = 1400.0, 2000.0  # 3.5 wavelengths of 2000 m/s at 5 Hz
 END_TIME = 2.0
@@ -51,12 +51,11 @@ def reference_mesh(margin: float = REFERENCE_MARGIN) -> StructuredMesh:
 
 
 def run(mesh: StructuredMesh, absorbing_width: float, dt: float | None = None):
-    problem = ForwardProblem(mesh, MODEL, absorbing_width=absorbing_width,
-                             reference_velocity=REFERENCE_VELOCITY)
-    axis = problem.time_axis(END_TIME, dt)
-    keep, traces, _ = problem.simulate([SOURCE], RECEIVERS, axis, FC)
-    assert np.array_equal(keep, np.arange(len(RECEIVERS)))
-    return axis.dt, traces
+    problem = solver(mesh, MODEL, END_TIME, dt, absorbing=margins(absorbing_width,
+                                                                  REFERENCE_VELOCITY), fc=FC)
+    rec = problem.forward(event([SOURCE], RECEIVERS))
+    assert np.array_equal(rec.receivers_kept, np.arange(len(RECEIVERS)))
+    return problem.axis.dt, rec.traces
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +81,15 @@ def test_reference_mesh_coincides_with_absorbing_mesh_in_domain():
         shift = (lo_a - lo_r) / h
         assert shift == pytest.approx(round(shift), abs=1e-9) and round(shift) > 0
     # same CFL limit: the margins add no new velocities (constant extension)
-    pa, pr = ForwardProblem(a, MODEL), ForwardProblem(r, MODEL)
-    assert pa.stable_dt == pytest.approx(pr.stable_dt, rel=1e-12)
+    assert stable_dt(a, MODEL) == pytest.approx(stable_dt(r, MODEL), rel=1e-12)
     # Travel time from the source to each wall of the reference box and back to the nearest
     # point of the domain, at the largest velocity: later than the end time, with room for
     # the wavelet (significant from t = 0).
     e = r.extended
     paths = [
-        (SOURCE.x - e.x0) + (DOMAIN.x0 - e.x0),   # left wall
-        (e.x1 - SOURCE.x) + (e.x1 - DOMAIN.x1),   # right wall
-        (SOURCE.y - e.y0) + (DOMAIN.y0 - e.y0),   # bottom wall
+        (SOURCE[0] - e.x0) + (DOMAIN.x0 - e.x0),   # left wall
+        (e.x1 - SOURCE[0]) + (e.x1 - DOMAIN.x1),   # right wall
+        (SOURCE[1] - e.y0) + (DOMAIN.y0 - e.y0),   # bottom wall
     ]
     earliest = min(paths) / VMAX
     print(f"\nearliest return from the reference walls: {earliest:.2f} s (end {END_TIME} s)")

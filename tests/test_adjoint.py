@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from fwimpi.inversion.forward import ForwardProblem
 from fwimpi.mesh.structured import Box, build_mesh
 from fwimpi.sem.operators import AcousticStiffness
+from problems import margins, solver
 from test_operators import parallelogram_mesh
 
 
@@ -49,21 +49,20 @@ def test_general_stiffness_derivative_on_sheared_elements():
 
 def small_problem(margin=200.0):
     mesh = build_mesh(Box(0.0, 800.0, -500.0, 0.0), margin, 100.0, 4)
-    return ForwardProblem(mesh, model, absorbing_width=margin, reference_velocity=1800.0)
+    return solver(mesh, model, 0.3, absorbing=margins(margin, 1800.0))
 
 
 def test_dot_product_of_forward_and_adjoint_propagators():
     problem = small_problem()
-    axis = problem.time_axis(0.3)
-    n = axis.n_steps
+    n = problem.axis.n_steps
     rng = np.random.default_rng(5)
-    _, src = problem.sampling(np.array([[300.0, -250.0], [610.0, -120.0]]))
-    _, rec = problem.sampling(np.array([[100.0, 0.0], [450.0, -10.0], [700.0, -400.0]]))
+    _, src = problem.mesh.point_sampling(np.array([[300.0, -250.0], [610.0, -120.0]]))
+    _, rec = problem.mesh.point_sampling(np.array([[100.0, 0.0], [450.0, -10.0], [700.0, -400.0]]))
     f = rng.standard_normal((len(src), n))
     a = rng.standard_normal((len(rec), n + 1))
-    stepper = problem.stepper(axis.dt)
+    stepper = problem.stepper
     traces = stepper.run(n, src, f, rec)
-    _, _, lam = stepper.adjoint(n, rec, a, lambda m: np.zeros(problem.n_local_points), record=src)
+    _, _, lam = stepper.adjoint(n, rec, a, lambda m: np.zeros(problem.mesh.n_local), record=src)
     lhs = np.sum(traces * a)
     rhs = np.sum(f * lam)
     print(f"<F f, a> = {lhs:.16e}, <f, F^T a> = {rhs:.16e}")

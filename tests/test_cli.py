@@ -216,8 +216,8 @@ def test_validation_does_not_initialise_mpi(tmp_path):
 smoothing: {apply_to: m, type: ConstantSmoothing, smoothing_lengths_in_meters: {VP: [50.0, 50.0]}}
 output: out"""})
     code = ("import sys; from fwimpi.jobs.spec import load_job_spec; "
-            "from fwimpi.jobs.runner import validate; "
-            f"validate(load_job_spec({str(job)!r}), 2); "
+            "from fwimpi.jobs.plan import plan_job; "
+            f"plan_job(load_job_spec({str(job)!r}), 2); "
             "bad = [m for m in ('mpi4py.MPI', 'petsc4py.PETSc') if m in sys.modules]; "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -169,7 +169,7 @@ def test_failed_rewrite_keeps_old_file(tmp_path, mesh):
     assert read_mesh_h5(tmp_path / "m.h5").attrs == {"kind": "old"}
     with pytest.raises(RuntimeError), atomic_path(tmp_path / "m.h5") as tmp:
         tmp.write_bytes(b"partial")
-        assert tmp.name.startswith(".m.h5.tmp")
+        assert tmp.name.startswith(".m.h5.fwimpi-tmp")
         raise RuntimeError("crash while writing")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5", "m.xdmf"]
     assert read_mesh_h5(tmp_path / "m.h5").attrs == {"kind": "old"}

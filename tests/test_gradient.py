@@ -4,16 +4,15 @@ wavefield compression."""
 import numpy as np
 import pytest
 
-from fwimpi.inversion.forward import ForwardProblem, PointSource
-from fwimpi.inversion.gradient import event_gradient, plan_chunks
+from fwimpi.inversion.gradient import CheckpointIO, plan_chunks
 from fwimpi.mesh.structured import Box, build_mesh
 from fwimpi.sem.misfits import l2_energy
+from problems import event, margins, solver, stable_dt
 
 # The tutorial problem: its mesh (78 x 32 elements of order 4), model, source, receivers
 # and 2 s of simulation at the CFL time step.
 MESH = build_mesh(Box(0.0, 3000.0, -1000.0, 0.0), 1400.0, 75.0, 4)
-SOURCES = [PointSource(500.0, -500.0, 1.0)]
-RECEIVERS = np.column_stack((np.linspace(100.0, 2900.0, 10), np.zeros(10)))
+EVENT = event([(500.0, -500.0)], np.column_stack((np.linspace(100.0, 2900.0, 10), np.zeros(10))))
 END = 2.0
 
 
@@ -30,25 +29,24 @@ def model(dvp=0.0, drho=0.0):
     return evaluate
 
 
+DT = 0.5 * stable_dt(MESH, model())  # fixed for every perturbed model
+
+
 def problem_for(**perturb):
-    return ForwardProblem(MESH, model(**perturb), absorbing_width=1400.0, reference_velocity=2000.0)
-
-
-DT = problem_for().time_axis(END).dt  # fixed for every perturbed model
+    return solver(MESH, model(**perturb), END, DT, absorbing=margins(1400.0, 2000.0))
 
 
 def misfit(problem):
-    axis = problem.time_axis(END, DT)
-    _, traces, _ = problem.simulate(SOURCES, RECEIVERS, axis, 5.0)
-    return l2_energy(traces, DT)[0]
+    return l2_energy(problem.forward(EVENT).traces, DT)[0]
+
+
+def energy_misfit(keep, traces):
+    return l2_energy(traces, DT)
 
 
 def gradient(interval=1, chunk=None):
     problem = problem_for()
-    axis = problem.time_axis(END, DT)
-    result = event_gradient(problem, axis, SOURCES, RECEIVERS, 5.0, None,
-                            lambda keep, tr: l2_energy(tr, DT), interval=interval, chunk=chunk)
-    return problem, result
+    return problem, problem.gradient(EVENT, energy_misfit, interval=interval, chunk=chunk)
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +59,10 @@ def reference():
 def test_taylor(parameter, chunk, reference):
     problem, result = gradient(chunk=chunk) if chunk else reference
     if chunk:
-        n = problem.time_axis(END, DT).n_steps  # all chunks but the last are recomputed
+        n = problem.axis.n_steps  # all chunks but the last are recomputed
         assert result.recomputed_steps == ((n - 1) // chunk) * chunk
-    grad = result.dvp if parameter == "vp" else result.drho
-    direction = perturbation(problem.mesh.points[problem.points])
+    grad = result.gradient[parameter.upper()]
+    direction = perturbation(problem.mesh.coordinates)
     predicted = grad @ direction
     j0 = misfit(problem_for())
     # perturbations of up to ~1.3 m/s or kg/m^3 at h = 1; central differences at the
@@ -87,7 +85,8 @@ def test_taylor(parameter, chunk, reference):
 def test_checkpointed_gradient_equals_in_memory_gradient(reference):
     _, full = reference
     _, chunked = gradient(chunk=300)
-    assert np.allclose(chunked.dvp, full.dvp, rtol=0, atol=1e-13 * np.abs(full.dvp).max())
+    assert np.allclose(chunked.gradient["VP"], full.gradient["VP"], rtol=0,
+                       atol=1e-13 * np.abs(full.gradient["VP"]).max())
     assert chunked.wavefield_bytes < full.wavefield_bytes / 2
 
 
@@ -95,7 +94,8 @@ def test_checkpointed_gradient_equals_in_memory_gradient(reference):
 def test_compression_changes_the_gradient_a_little(interval, reference):
     _, full = reference
     _, compressed = gradient(interval=interval, chunk=20 * interval)
-    diff = np.linalg.norm(compressed.dvp - full.dvp) / np.linalg.norm(full.dvp)
+    a, b = compressed.gradient["VP"], full.gradient["VP"]
+    diff = np.linalg.norm(a - b) / np.linalg.norm(b)
     print(f"interval {interval}: relative L2 difference of dJ/dVP {diff:.3e}")
     assert 0 < diff < 0.5
     assert compressed.misfit == full.misfit
@@ -118,18 +118,16 @@ def test_plan_chunks():
 
 @pytest.mark.parametrize("interval", [1, 5])
 def test_reusing_saved_states_gives_the_same_gradient_without_a_forward_run(interval):
-    from fwimpi.inversion.gradient import CheckpointIO
-
     problem = problem_for()
-    axis = problem.time_axis(END, DT)
     saved = {}
     io = CheckpointIO(spacing=5 * interval * 4,
                       save=lambda n, state: saved.__setitem__(n, state.copy()),
                       load=lambda n: saved[n].copy())
-    args = (problem, axis, SOURCES, RECEIVERS, 5.0, None, lambda keep, tr: l2_energy(tr, DT))
-    first = event_gradient(*args, interval=interval, checkpoints=io)
-    assert sorted(saved) == list(range(0, axis.n_steps, io.spacing))
-    again = event_gradient(*args, interval=interval, checkpoints=io, stored_traces=first.traces)
-    assert again.recomputed_steps == axis.n_steps and again.misfit == first.misfit
-    assert np.allclose(again.dvp, first.dvp, rtol=0, atol=1e-13 * np.abs(first.dvp).max())
-    assert np.allclose(again.drho, first.drho, rtol=0, atol=1e-13 * np.abs(first.drho).max())
+    first = problem.gradient(EVENT, energy_misfit, interval=interval, checkpoints=io)
+    assert sorted(saved) == list(range(0, problem.axis.n_steps, io.spacing))
+    io.traces = first.traces
+    again = problem.gradient(EVENT, energy_misfit, interval=interval, checkpoints=io)
+    assert again.recomputed_steps == problem.axis.n_steps and again.misfit == first.misfit
+    for p in ("VP", "RHO"):
+        a, b = again.gradient[p], first.gradient[p]
+        assert np.allclose(a, b, rtol=0, atol=1e-13 * np.abs(b).max())

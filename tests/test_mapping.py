@@ -206,20 +206,27 @@ def test_masks_combine_with_region_of_interest(setup):
     assert Mapping(("VP",)).masks(pts) is None
 
 
-def test_from_config_and_events():
-    cfg = SimpleNamespace(name="map5", inversion_parameters=("VP",),
-                          scaling="relative_deviation_from_prior",
-                          source_cutout_radius_in_meters=200.0,
-                          receiver_cutout_radius_in_meters=None, region_of_interest="y < -100.0")
-    m = Mapping.from_config(cfg, 4)
-    assert m.inversion_parameters == ("VP",) and m.scaling == cfg.scaling
-    assert m.source_cutout_radius_in_meters == 200.0 and m.field == "mappings[4]"
-    bad = SimpleNamespace(**{**vars(cfg), "region_of_interest": "z < 1"})
-    with pytest.raises(ConfigError, match=r"^mappings\[2\]\.region_of_interest: name 'z'"):
-        Mapping.from_config(bad, 2)
-    events = [SimpleNamespace(sources=[SimpleNamespace(x=500.0, y=-500.0)],
-                              receivers=[SimpleNamespace(x=float(x), y=0.0) for x in (1, 2)]),
-              SimpleNamespace(sources=[SimpleNamespace(x=10.0, y=-5.0)], receivers=[])]
+def test_spec_mappings_and_events(tmp_path):
+    from fwimpi.jobs.spec import parse_job_spec
+    from fwimpi.sem.acquisition import Event, PointSource, Receiver
+    from test_spec import minimal
+
+    data = minimal()
+    data["misfit_configuration"] = {"misfit_function": "L2_energy_no_observed_data"}
+    data["mappings"] = [{"name": "map5", "inversion_parameters": ["VP"],
+                         "scaling": "relative_deviation_from_prior",
+                         "source_cutout_radius_in_meters": 200.0,
+                         "region_of_interest": "y < -100.0"}]
+    (m,) = parse_job_spec(data, tmp_path).mappings
+    assert isinstance(m, Mapping) and m.name == "map5" and m.inversion_parameters == ("VP",)
+    assert m.scaling == "relative_deviation_from_prior"
+    assert m.source_cutout_radius_in_meters == 200.0 and m.field == "mappings[0]"
+    data["mappings"][0]["region_of_interest"] = "z < 1"
+    with pytest.raises(ConfigError, match=r"^mappings\[0\]\.region_of_interest: name 'z'"):
+        parse_job_spec(data, tmp_path)
+    events = [Event("a", (PointSource((500.0, -500.0), 1.0),),
+                    tuple(Receiver((float(x), 0.0), f"R{x}") for x in (1, 2))),
+              Event("b", (PointSource((10.0, -5.0), 1.0),), ())]
     geo = EventGeometry.from_events(events)
     assert geo.sources.tolist() == [[500.0, -500.0], [10.0, -5.0]]
     assert geo.receivers.tolist() == [[1.0, 0.0], [2.0, 0.0]]

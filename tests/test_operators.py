@@ -42,8 +42,8 @@ def test_general_kernel_on_sheared_elements(order):
     assert not k.rectangles
     x = np.zeros(n_points)
     y = np.zeros(n_points)
-    x[ibool.ravel()] = geometry.x.ravel()
-    y[ibool.ravel()] = geometry.y.ravel()
+    x[ibool.ravel()] = geometry.coords[0].ravel()
+    y[ibool.ravel()] = geometry.coords[1].ravel()
     u = 2.0 * x - 3.0 * y
     area = 4 * 3  # shear keeps the area
     assert np.isclose(u @ k.apply(u), (2.0**2 + 3.0**2) * area, rtol=1e-12)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from fwimpi.inversion.smoothing import (ConstantSmoothing, DiffusionSmoother, SmoothingError,
-                                        cell_corners, diffusion_metric, smooth,
-                                        stiffness_diagonal)
+                                        cell_corners, smooth, stiffness_diagonal)
 from fwimpi.mesh.structured import Box, build_mesh
 from fwimpi.sem.geometry import element_geometry
+from fwimpi.sem.gll import derivative_matrix, gll_points_weights
 from fwimpi.sem.operators import AcousticStiffness, assembled_sum
 
 SIGMA = (100.0, 50.0)
@@ -122,22 +122,35 @@ def test_sheared_mesh_uses_the_physical_axes():
 
 
 def test_metric_and_diagonal():
-    # D = I gives element_geometry's metric on general (non-parallelogram) quads.
+    # The metric jw J^-1 D J^-T on general (non-parallelogram) quads against a Jacobian
+    # differentiated numerically (GLL derivative matrix on the element's points: exact for
+    # the bilinear map).
     corners = np.array([[[0.0, 0.0], [40.0, 3.0], [45.0, 38.0], [-2.0, 30.0]],
                         [[10.0, -5.0], [60.0, -5.0], [60.0, 20.0], [10.0, 20.0]]])
-    ref = element_geometry(corners, 3)
-    got = diffusion_metric(corners, 3, np.eye(2))
-    for name in ("x", "y", "jw", "g11", "g12", "g22"):
-        a, b = getattr(ref, name), getattr(got, name)
-        assert np.allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(a).max()), name
+    dm = np.array([[3.0, 0.5], [0.5, 1.0]])
+    got = element_geometry(corners, 3, dm)
+    d, (_, w) = derivative_matrix(3), gll_points_weights(3)
+    x, y = got.coords
+    x_xi, y_xi = (np.einsum("ik,ejk->eji", d, a) for a in (x, y))
+    x_eta, y_eta = (np.einsum("jk,eki->eji", d, a) for a in (x, y))
+    det = x_xi * y_eta - x_eta * y_xi
+    grad = [np.stack((y_eta, -x_eta)) / det, np.stack((-y_xi, x_xi)) / det]  # grad xi, eta
+    jw = np.outer(w, w)[None] * det
+    assert np.allclose(got.jw, jw, rtol=1e-12)
+    for a in range(2):
+        for b in range(2):
+            expected = jw * np.einsum("cejk,cd,dejk->ejk", grad[a], dm, grad[b])
+            assert np.allclose(got.metric[a, b], expected, rtol=1e-12,
+                               atol=1e-12 * np.abs(expected).max()), (a, b)
     # D scales the metric: D = diag(4, 0) on the rectangle leaves only 4 * (d xi/dx)^2.
-    scaled = diffusion_metric(corners, 3, np.diag([4.0, 0.0]))
-    assert np.allclose(scaled.g11[1], 4.0 * ref.g11[1], rtol=1e-13)
-    assert not scaled.g12[1].any() and not scaled.g22[1].any()
+    ref = element_geometry(corners, 3)
+    scaled = element_geometry(corners, 3, np.diag([4.0, 0.0]))
+    assert np.allclose(scaled.metric[0, 0, 1], 4.0 * ref.metric[0, 0, 1], rtol=1e-13)
+    assert not scaled.metric[0, 1, 1].any() and not scaled.metric[1, 1, 1].any()
     # The assembled diagonal (the Jacobi preconditioner) is the dense matrix's.
     m = contract_arrays(build_mesh(Box(0.0, 300.0, -200.0, 0.0), 0.0, 100.0, 3), shear=0.3)
     c, ibool = cell_corners(m.points, m.cells, m.order)
-    g = diffusion_metric(c, m.order, np.array([[3.0, 0.5], [0.5, 1.0]]))
+    g = element_geometry(c, m.order, np.array([[3.0, 0.5], [0.5, 1.0]]))
     k = AcousticStiffness(g, ibool, np.ones(len(m.points)), general=True)
     dense = np.column_stack([k.apply(e) for e in np.eye(len(m.points))])
     assert np.allclose(np.diag(dense), stiffness_diagonal(g, ibool, len(m.points)), rtol=1e-12)
@@ -148,8 +161,7 @@ def test_constant_smoothing_applies_per_parameter(tutorial):
     fields = {"VP": rng.standard_normal(len(tutorial.points)),
               "RHO": rng.standard_normal(len(tutorial.points))}
     args = (tutorial.points, tutorial.cells, tutorial.mass, tutorial.order)
-    config = SimpleNamespace(smoothing_lengths_in_meters={"VP": [100, 50]})
-    cs = ConstantSmoothing.from_config(config)
+    cs = ConstantSmoothing({"VP": [100, 50]})
     assert cs.smoothing_lengths_in_meters == {"VP": (100.0, 50.0)}
     out = cs.apply(fields, *args)
     assert np.allclose(out["VP"], tutorial.smoother(fields["VP"]), rtol=0, atol=1e-12)

@@ -62,7 +62,7 @@ def test_reference_spec_values(reference):
     assert (spec.model.vp, spec.model.rho, spec.model.file) == ("1500.0 - y", "1000.0 - y", None)
     (event,) = spec.events
     assert event.name == "event"
-    assert [(s.type, s.x, s.y, s.f) for s in event.sources] == [("ScalarPoint2D", 500, -500, 1)]
+    assert [(s.x, s.y, s.f) for s in event.sources] == [(500, -500, 1)]
     assert len(event.receivers) == 10
     np.testing.assert_allclose([r.x for r in event.receivers], np.linspace(100, 2900, 10))
     assert all(r.y == 0.0 and r.fields == ("phi",) for r in event.receivers)
@@ -82,7 +82,7 @@ def test_reference_spec_values(reference):
     assert (m3.source_cutout_radius_in_meters, m3.receiver_cutout_radius_in_meters) == (200, 100)
     assert (m5.scaling, m5.region_of_interest) == ("relative_deviation_from_prior", "y < -100.0")
     assert spec.mappings[0].source_cutout_radius_in_meters is None
-    assert spec.smoothing.apply_to == "map5"
+    assert spec.smoothing_applies_to == "map5"
     assert spec.smoothing.smoothing_lengths_in_meters == {"VP": (100.0, 50.0)}
     assert spec.output == REFERENCE.parent / "runs" / "mapping-tutorial"
     assert spec.base_dir == REFERENCE.parent
@@ -115,8 +115,8 @@ def test_defaults_when_optional_blocks_absent(tmp_path):
     spec = parse_job_spec(minimal(), base_dir=tmp_path)
     assert (spec.ranks_per_job, spec.site) == (1, "local")
     assert (spec.model.vp, spec.model.rho) == ("1500", "1000")
-    assert spec.events[0].sources[0].type == "ScalarPoint2D"
-    assert spec.events[0].receivers == (Receiver(10.0, 0.0, ("phi",), "R0000"),)
+    assert spec.resolved["events"][0]["sources"][0]["type"] == "ScalarPoint2D"
+    assert spec.events[0].receivers == (Receiver((10.0, 0.0), "R0000", ("phi",)),)
     assert spec.simulation.name == "simulation"
     assert spec.simulation.absorbing is None and spec.simulation.time_step_in_seconds is None
     assert spec.simulation.wavelet.t0 == pytest.approx(1.2 / 5)

@@ -3,8 +3,9 @@
 import numpy as np
 
 from analytic import green_ricker_2d
-from fwimpi.inversion.forward import ForwardProblem, PointSource, TimeAxis
 from fwimpi.mesh.structured import Box, build_mesh
+from fwimpi.sem.timestepper import TimeAxis
+from problems import event, solver
 
 VP, RHO, FC = 2000.0, 1000.0, 5.0
 T0 = 1.2 / FC
@@ -22,10 +23,8 @@ def simulate(element_size, order=4, dt=None, end_time=END_TIME):
     # A closed box whose walls are >= 1700 m from source and receivers: no reflection
     # reaches a receiver before END_TIME, so the free-space solution applies.
     mesh = build_mesh(Box(-2700.0, 2700.0, -4500.0, 0.0), 0.0, element_size, order)
-    problem = ForwardProblem(mesh, homogeneous)
-    axis = problem.time_axis(end_time, dt)
-    _, traces, _ = problem.simulate([PointSource(*SOURCE, 1.0)], RECEIVERS, axis, FC)
-    return axis, traces
+    wave = solver(mesh, homogeneous, end_time, dt, fc=FC)
+    return wave.axis, wave.forward(event([SOURCE], RECEIVERS)).traces
 
 
 def analytic(axis: TimeAxis):

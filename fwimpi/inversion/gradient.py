@@ -16,7 +16,6 @@ from typing import Callable
 import numpy as np
 
 from ..sem.timestepper import LeapfrogStepper, PointSampling, State
-from .forward import ForwardProblem, PointSource, TimeAxis
 
 
 def plan_chunks(n_steps: int, interval: int, n_points: int, budget_bytes: float,
@@ -49,18 +48,21 @@ def plan_chunks(n_steps: int, interval: int, n_points: int, budget_bytes: float,
     return c
 
 
-_BUFFER: list[np.ndarray] = []
+class WavefieldBuffer:
+    """Memory for the stored forward wavefield, kept by a solver and reused by every event
+    and gradient it computes: fresh memory costs a page fault per 4 KiB on first touch
+    (1.1 s for the 414 MB of the tutorial's whole wavefield on the test machines)."""
 
+    def __init__(self):
+        self._data: np.ndarray | None = None
 
-def _buffer(shape: tuple[int, int]) -> np.ndarray:
-    """A ``shape`` array reusing the previous call's memory when it is large enough:
-    fresh memory costs a page fault per 4 KiB on first touch (1.1 s for the 414 MB of the
-    tutorial's whole wavefield on the test machines), so events and repeated gradients
-    in one process share it."""
-    need = shape[0] * shape[1]
-    if not _BUFFER or _BUFFER[0].size < need:
-        _BUFFER[:] = [np.empty(need)]
-    return _BUFFER[0][:need].reshape(shape)
+    def rows(self, shape: tuple[int, int]) -> np.ndarray:
+        """A ``shape`` array, reusing this buffer's memory when it is large enough."""
+        need = shape[0] * shape[1]
+        if self._data is None or self._data.size < need:
+            self._data = None  # free the old memory before taking the new
+            self._data = np.empty(need)
+        return self._data[:need].reshape(shape)
 
 
 def memory_optimal_spacing(n_steps: int, interval: int) -> int:
@@ -72,14 +74,14 @@ class ForwardWavefield:
     """``u[m]`` for the adjoint run: checkpoints, chunk recomputation, compression.
 
     The samples of one chunk (steps ``c0, c0 + interval, ...`` and the chunk's end) live
-    in one preallocated ``(rows, P)`` array reused by every chunk. ``save(step, state)``
+    in one ``(rows, P)`` array of ``buffer``, reused by every chunk. ``save(step, state)``
     (optional) receives the state every ``save_every`` steps of the forward run, e.g. to
     write checkpoint files; ``load(step) -> State`` replaces the in-memory checkpoints
     when the forward run is not repeated (``reuse``).
     """
 
     def __init__(self, stepper: LeapfrogStepper, sources: PointSampling, signals: np.ndarray,
-                 n_steps: int, interval: int, chunk: int,
+                 n_steps: int, interval: int, chunk: int, buffer: WavefieldBuffer,
                  save: Callable[[int, State], None] | None = None, save_every: int | None = None,
                  load: Callable[[int], State] | None = None):
         if chunk % interval:
@@ -90,7 +92,7 @@ class ForwardWavefield:
         self.save, self.save_every, self.load = save, save_every, load
         self.load_state = load or (lambda c: self.checkpoints[c].copy())
         span = min(chunk, n_steps)
-        self.rows = _buffer((span // interval + 2, stepper.n_points))
+        self.rows = buffer.rows((span // interval + 2, stepper.n_points))
         self._mix = np.empty(stepper.n_points)
         self._loaded = None  # (c0, c1) of the chunk in self.rows
         self.recomputed_steps = 0
@@ -164,85 +166,16 @@ class ForwardWavefield:
         return self._mix
 
 
-@dataclass(frozen=True)
-class EventGradient:
-    """One event on one rank: misfit (global), gradients at the local points ``(L,)``."""
-
-    misfit: float
-    dvp: np.ndarray
-    drho: np.ndarray
-    receivers_kept: np.ndarray
-    traces: np.ndarray
-    forward_seconds: float
-    adjoint_seconds: float
-    recomputed_steps: int
-    wavefield_bytes: int
-
-
-MisfitFunction = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
-
-
 @dataclass
 class CheckpointIO:
     """Where a forward run's states go: ``save(step, state)`` every ``spacing`` steps;
     ``load(step) -> State`` reads them back (for the chunks of this run, or of an earlier
-    run whose states are reused), so no checkpoint is kept in memory."""
+    run whose states are reused), so no checkpoint is kept in memory. ``traces``: the
+    receiver traces ``(R, n_steps + 1)`` of an earlier run whose states ``load`` reads (the
+    forward run is then not repeated), or None. ``parallel.checkpoints.EventCheckpoints``
+    offers the same, in files."""
 
     spacing: int
     save: Callable[[int, State], None] | None = None
     load: Callable[[int], State] | None = None
-
-
-def event_gradient(
-    problem: ForwardProblem,
-    axis: TimeAxis,
-    sources: list[PointSource],
-    receivers_xy: np.ndarray,
-    center_frequency: float,
-    time_shift: float | None,
-    misfit: MisfitFunction,
-    reduce_sum: Callable[[float], float] = lambda v: v,
-    interval: int = 1,
-    chunk: int | None = None,
-    checkpoints: CheckpointIO | None = None,
-    stored_traces: np.ndarray | None = None,
-) -> EventGradient:
-    """Misfit and raw gradient ``dJ/dVP``, ``dJ/dRHO`` at the problem's local points.
-
-    ``misfit(kept_receiver_indices, traces) -> (J_part, dJ/dtraces)`` acts on this rank's
-    receivers; ``reduce_sum`` adds the parts of all ranks. ``chunk`` is the checkpoint
-    spacing in steps (default: everything in memory). With ``checkpoints.save`` the
-    forward run also hands its states to it; with ``checkpoints.load`` and the traces of
-    all receivers ``stored_traces (R, n_steps + 1)`` of an earlier run, the forward run is
-    not repeated: the adjoint recomputes the chunks from the stored states.
-    """
-    src, signals = problem.source_signals(sources, axis, center_frequency, time_shift)
-    keep_r, rec = problem.sampling(receivers_xy)
-    stepper = problem.stepper(axis.dt)
-    if chunk is None:
-        chunk = interval * math.ceil(axis.n_steps / interval)
-    t0 = time.perf_counter()
-    if stored_traces is not None:
-        wavefield = ForwardWavefield(stepper, src, signals, axis.n_steps, interval,
-                                     checkpoints.spacing, load=checkpoints.load)
-        traces = np.ascontiguousarray(stored_traces[keep_r])
-    else:
-        save = checkpoints.save if checkpoints else None
-        wavefield = ForwardWavefield(stepper, src, signals, axis.n_steps, interval, chunk,
-                                     save=save, save_every=checkpoints.spacing if save else None,
-                                     load=checkpoints.load if checkpoints else None)
-        traces = wavefield.run_forward(rec)
-    t1 = time.perf_counter()
-    j_part, adjoint_sources = misfit(keep_r, traces)
-    j = reduce_sum(j_part)
-    t2 = time.perf_counter()
-    g0, g1, _ = stepper.adjoint(axis.n_steps, rec, adjoint_sources, wavefield)
-    t3 = time.perf_counter()
-    # dJ/dm0 = -w g0 / dt^2, dJ/dm1 = -g1; m0 = 1/(rho vp^2), m1 = 1/rho
-    djdm0 = -problem.weights * g0 / axis.dt**2
-    djdm1 = -g1
-    vp, rho = problem.vp, problem.rho
-    dvp = djdm0 * (-2.0 / (rho * vp**3))
-    drho = djdm0 * (-1.0 / (rho**2 * vp**2)) + djdm1 * (-1.0 / rho**2)
-    return EventGradient(j, dvp, drho, keep_r, traces, t1 - t0, t3 - t2,
-                         wavefield.recomputed_steps, wavefield.peak_bytes)
+    traces: np.ndarray | None = None

@@ -44,8 +44,9 @@ from scipy.spatial import cKDTree
 
 from fwimpi.errors import FwimpiError
 from fwimpi.mesh.expression import Expression, compile_expression
+from fwimpi.sem.physics import ACOUSTIC
 
-PARAMETERS = ("VP", "RHO")
+PARAMETERS = ACOUSTIC.parameters
 SCALINGS = ("absolute", "relative_deviation_from_prior", "logarithmic")
 
 
@@ -114,8 +115,15 @@ class Mapping:
 
     ``inversion_parameters``: a non-empty subset of ``VP``, ``RHO``; ``scaling``: one of
     ``SCALINGS``; cutout radii in metres (None: no cutout); ``region_of_interest``: None, an
-    expression in ``x``, ``y`` (safely parsed) or an array of weights ``(P,)``. ``field`` is
-    the path that error messages name (``mappings[i]`` when built from a job spec).
+    expression in ``x``, ``y`` (safely parsed) or an array of weights ``(P,)``. ``name``
+    (optional) names it in a job; ``field`` is the path that error messages name
+    (``mappings[i]`` when built from a job spec).
+
+    >>> import numpy as np
+    >>> m = Mapping(["VP"], scaling="relative_deviation_from_prior")
+    >>> prior = {"VP": np.array([2000.0]), "RHO": np.array([1000.0])}
+    >>> m.forward({"VP": np.array([0.1])}, prior)["VP"]
+    array([2200.])
     """
 
     inversion_parameters: tuple[str, ...]
@@ -123,6 +131,7 @@ class Mapping:
     source_cutout_radius_in_meters: float | None = None
     receiver_cutout_radius_in_meters: float | None = None
     region_of_interest: str | np.ndarray | None = None
+    name: str | None = None
     field: str = dc_field(default="mapping", repr=False)
     _roi: Expression | np.ndarray | None = dc_field(default=None, init=False, repr=False)
 
@@ -163,15 +172,6 @@ class Mapping:
             compiled.setflags(write=False)
             object.__setattr__(self, "region_of_interest", compiled)
         object.__setattr__(self, "_roi", compiled)
-
-    @classmethod
-    def from_config(cls, cfg, index: int) -> "Mapping":
-        """From the job spec's ``MappingConfig`` (duck-typed: the inversion layer does not
-        import the jobs layer); errors name ``mappings[index]``."""
-        return cls(inversion_parameters=tuple(cfg.inversion_parameters), scaling=cfg.scaling,
-                   source_cutout_radius_in_meters=cfg.source_cutout_radius_in_meters,
-                   receiver_cutout_radius_in_meters=cfg.receiver_cutout_radius_in_meters,
-                   region_of_interest=cfg.region_of_interest, field=f"mappings[{index}]")
 
     @property
     def has_masks(self) -> bool:

@@ -13,7 +13,7 @@ Discretisation:
 
 - space: the SEM of the simulation, lumped mass ``M = diag(w)`` and the stiffness ``K_D`` of
   ``div(D grad .)``, applied matrix-free by ``AcousticStiffness`` with the element metric
-  ``G = jw J^-1 D J^-T`` (``ElementGeometry``'s ``g11, g12, g22`` with ``D`` inserted), the
+  ``G = jw J^-1 D J^-T`` (``element_geometry``'s metric with ``D`` inserted), the
   geometry taken from the cells' corner points (bilinear quads, checked against ``points``);
 - time: ``n_steps`` backward Euler steps of ``tau = 1 / n_steps``,
   ``(M + tau K_D) u_{k+1} = M u_k``, each solved by PETSc CG with Jacobi preconditioning
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field as dc_field
 import numpy as np
 
 from fwimpi.errors import FwimpiError
-from fwimpi.sem.geometry import ElementGeometry, bilinear_map
+from fwimpi.sem.geometry import ElementGeometry, bilinear_map, element_geometry
 from fwimpi.sem.gll import derivative_matrix, gll_points_weights
 from fwimpi.sem.operators import AcousticStiffness, assembled_sum
 
@@ -98,53 +98,15 @@ def cell_corners(points: np.ndarray, cells: np.ndarray, order: int) -> tuple[np.
     return corners, ibool
 
 
-def diffusion_metric(corners: np.ndarray, order: int, diffusivity) -> ElementGeometry:
-    """Geometry of bilinear quads ``corners (E, 4, 2)`` whose ``g11, g12, g22`` are the
-    entries of ``jw J^-1 D J^-T`` for the symmetric ``D = diffusivity (2, 2)`` (m^2): with
-    ``D = I`` it is ``element_geometry``'s metric.
-
-    The Jacobian is the bilinear map's, differentiated analytically from corner differences:
-    an axis-aligned rectangle gets ``g12 = 0`` exactly and identical translated rectangles
-    get factors equal to round-off of their sizes (AcousticStiffness's rectangle kernel).
-    """
-    dm = np.asarray(diffusivity, dtype=np.float64)
-    c = np.asarray(corners, dtype=np.float64)
-    xi, w = gll_points_weights(order)
-    XI, ETA = xi[None, None, :], xi[None, :, None]  # [e, j, i]
-    e01, e32 = c[:, 1] - c[:, 0], c[:, 2] - c[:, 3]  # (E, 2): edges along xi
-    e03, e12 = c[:, 3] - c[:, 0], c[:, 2] - c[:, 1]  # along eta
-    d_xi = [(e01[:, k, None, None] * (1 - ETA) + e32[:, k, None, None] * (1 + ETA)) / 4
-            for k in range(2)]
-    d_eta = [(e03[:, k, None, None] * (1 - XI) + e12[:, k, None, None] * (1 + XI)) / 4
-             for k in range(2)]
-    (x_xi, y_xi), (x_eta, y_eta) = d_xi, d_eta
-    det = x_xi * y_eta - x_eta * y_xi
-    if np.any(det <= 0):
-        bad = int(np.flatnonzero((det <= 0).any(axis=(1, 2)))[0])
-        raise SmoothingError(f"cells: element {bad} is degenerate or not counterclockwise")
-    jw = np.outer(w, w)[None] * det
-    scale = jw / det**2
-    # Rows of det * J^-1: grad(xi) * det = (y_eta, -x_eta), grad(eta) * det = (-y_xi, x_xi).
-    a = (y_eta, -x_eta)
-    b = (-y_xi, x_xi)
-
-    def form(u, v):
-        return (dm[0, 0] * u[0] * v[0] + dm[0, 1] * (u[0] * v[1] + u[1] * v[0])
-                + dm[1, 1] * u[1] * v[1])
-
-    x, y = bilinear_map(c, XI[0], ETA[0])
-    return ElementGeometry(order, x, y, jw, scale * form(a, a), scale * form(a, b),
-                           scale * form(b, b))
-
-
 def stiffness_diagonal(geometry: ElementGeometry, ibool: np.ndarray, n_points: int) -> np.ndarray:
     """Assembled diagonal ``(P,)`` of the stiffness with ``geometry``'s metric (unit m1)."""
     d = derivative_matrix(geometry.order)
     d2 = d**2
     dd = np.outer(np.diag(d), np.diag(d))  # [j, i] -> d[j, j] d[i, i]
-    local = (np.einsum("ejk,ki->eji", geometry.g11, d2)
-             + np.einsum("eki,kj->eji", geometry.g22, d2)
-             + 2.0 * geometry.g12 * dd[None])
+    g = geometry.metric
+    local = (np.einsum("ejk,ki->eji", g[0, 0], d2)
+             + np.einsum("eki,kj->eji", g[1, 1], d2)
+             + 2.0 * g[0, 1] * dd[None])
     return assembled_sum(ibool, local, n_points)
 
 
@@ -209,7 +171,7 @@ class DiffusionSmoother:
         corners, ibool = cell_corners(points, cells, order)
         tau = 1.0 / self.n_steps
         diffusivity = tau * np.diag([sx * sx, sy * sy]) / 2.0
-        scaled = diffusion_metric(corners, order, diffusivity)
+        scaled = element_geometry(corners, order, diffusivity)
         # general=False lets AcousticStiffness use its rectangle kernel on meshes of identical
         # axis-aligned rectangles (same operator, half the memory traffic).
         stiffness = AcousticStiffness(scaled, ibool, np.ones(self.n_points))
@@ -309,11 +271,6 @@ class ConstantSmoothing:
                                  f"{{PARAMETER: (sigma_x, sigma_y)}}, got {raw!r}")
         lengths = {str(k): _sigma(v, f"{where}.{k}") for k, v in raw.items()}
         object.__setattr__(self, "smoothing_lengths_in_meters", lengths)
-
-    @classmethod
-    def from_config(cls, cfg) -> "ConstantSmoothing":
-        """From the job spec's ``SmoothingConfig`` (duck-typed)."""
-        return cls(dict(cfg.smoothing_lengths_in_meters))
 
     def apply(self, fields: MappingABC, points: np.ndarray, cells: np.ndarray,
               mass: np.ndarray, order: int, mass_weighted: bool = False) -> dict[str, np.ndarray]:

@@ -10,24 +10,37 @@ Lengths are in metres, times in seconds, frequencies in hertz.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import numbers
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import yaml
 
 from fwimpi.errors import ConfigError
+from fwimpi.inversion.mapping import Mapping, MappingError
+from fwimpi.inversion.smoothing import ConstantSmoothing, SmoothingError
+from fwimpi.mesh.model import ModelSource
+from fwimpi.mesh.structured import Box
+from fwimpi.sem.absorbing import AbsorbingBoundaries
+from fwimpi.sem.acquisition import Event, PointSource, Receiver
+from fwimpi.sem.misfits import MISFITS, Misfit
+from fwimpi.sem.physics import ACOUSTIC
+from fwimpi.sem.wavelets import Ricker
+
+__all__ = ("AbsorbingBoundaries", "Compression", "Domain", "Event", "JobSpec", "MisfitConfig",
+           "ModelSource", "PointSource", "Receiver", "Ricker", "SimulationConfig",
+           "load_job_spec", "parse_job_spec")
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 RECEIVER_FIELDS = ("phi",)
-INVERSION_PARAMETERS = ("VP", "RHO")
 SCALINGS = ("absolute", "relative_deviation_from_prior", "logarithmic")
-MISFIT_FUNCTIONS = ("L2_energy_no_observed_data", "L2", "cross_correlation_time_shift")
 MAX_LINSPACE_POINTS = 1_000_000
 #: Default memory for the gradient's forward wavefield, per rank: with it the tutorial's
 #: gradient run peaks at 1.8x the forward run's memory (scripts/bench_gradient).
@@ -45,70 +58,9 @@ class Domain:
     x: tuple[float, float]
     y: tuple[float, float]
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Either expressions in x, y (`vp` in m/s, `rho` in kg/m^3) or a gridded `file`."""
-
-    vp: str | None
-    rho: str | None
-    file: Path | None
-
-
-@dataclass(frozen=True)
-class Source:
-    """Point source at (x, y) metres with amplitude `f`, times the wavelet."""
-
-    x: float
-    y: float
-    f: float
-    type: str = "ScalarPoint2D"
-
-
-@dataclass(frozen=True)
-class Receiver:
-    """One receiver at (x, y) metres recording `fields`, named `station`."""
-
-    x: float
-    y: float
-    fields: tuple[str, ...]
-    station: str
-
-
-@dataclass(frozen=True)
-class Event:
-    name: str
-    sources: tuple[Source, ...]
-    receivers: tuple[Receiver, ...]
-
-
-@dataclass(frozen=True)
-class Ricker:
-    """Ricker wavelet; `time_shift_in_seconds` None means the default `1.2 / center_frequency`."""
-
-    center_frequency: float
-    time_shift_in_seconds: float | None = None
-
     @property
-    def t0(self) -> float:
-        """The time shift actually used, seconds."""
-        if self.time_shift_in_seconds is None:
-            return 1.2 / self.center_frequency
-        return self.time_shift_in_seconds
-
-
-@dataclass(frozen=True)
-class AbsorbingBoundaries:
-    """Absorbing layer outside left, right and bottom of the domain."""
-
-    reference_velocity: float
-    number_of_wavelengths: float
-    reference_frequency: float
-
-    @property
-    def width_in_meters(self) -> float:
-        """Layer width: `number_of_wavelengths * reference_velocity / reference_frequency`."""
-        return self.number_of_wavelengths * self.reference_velocity / self.reference_frequency
+    def box(self) -> Box:
+        return Box(self.x[0], self.x[1], self.y[0], self.y[1])
 
 
 @dataclass(frozen=True)
@@ -127,10 +79,18 @@ class SimulationConfig:
 
 @dataclass(frozen=True)
 class MisfitConfig:
+    """The misfit of the job: a registered `Misfit`, its observed data (a receivers file) and
+    the receiver field it compares."""
+
     name: str
     observed_data: Path | None
-    misfit_function: str
+    misfit: Misfit
     receiver_field: str
+
+    @property
+    def misfit_function(self) -> str:
+        """The misfit's name in the job spec."""
+        return self.misfit.name
 
 
 @dataclass(frozen=True)
@@ -141,44 +101,40 @@ class Compression:
     memory_per_rank_in_mb: float = DEFAULT_MEMORY_PER_RANK_MB
 
 
-@dataclass(frozen=True)
-class MappingConfig:
-    name: str
-    inversion_parameters: tuple[str, ...]
-    scaling: str = "absolute"
-    source_cutout_radius_in_meters: float | None = None
-    receiver_cutout_radius_in_meters: float | None = None
-    region_of_interest: str | None = None
-
-
-@dataclass(frozen=True)
-class SmoothingConfig:
-    """Per-parameter smoothing lengths (Gaussian sigma, metres) per axis (x, y)."""
-
-    apply_to: str
-    type: str
-    smoothing_lengths_in_meters: dict[str, tuple[float, float]]
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class JobSpec:
-    """A validated job spec; `resolved` is its JSON-serialisable form with defaults filled
-    in and absolute paths (it parses back to an equal JobSpec)."""
+    """A validated job spec built into the objects that do the work (events, wavelet,
+    mappings, smoothing). `resolved` is its JSON-serialisable form with defaults filled in and
+    absolute paths: it parses back to an equal JobSpec (specs are equal when their resolved
+    forms and base folders are)."""
 
     name: str
     ranks_per_job: int
     site: str
     domain: Domain
-    model: ModelSpec
+    model: ModelSource
     events: tuple[Event, ...]
     simulation: SimulationConfig
     misfit: MisfitConfig | None
     compression: Compression
-    mappings: tuple[MappingConfig, ...]
-    smoothing: SmoothingConfig | None
+    mappings: tuple[Mapping, ...]
+    smoothing: ConstantSmoothing | None
+    smoothing_applies_to: str | None
     output: Path
     base_dir: Path
     resolved: dict = field(repr=False)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, JobSpec):
+            return NotImplemented
+        return (self.resolved, self.base_dir) == (other.resolved, other.base_dir)
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.resolved, sort_keys=True))
+
+    def mapping(self, name: str) -> Mapping:
+        """The mapping called `name`."""
+        return next(m for m in self.mappings if m.name == name)
 
 
 # --------------------------------------------------------------------------- loading
@@ -206,18 +162,25 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def load_job_spec(path: str | os.PathLike) -> JobSpec:
-    """Read, parse and validate the YAML job spec at `path`; relative paths in it are
-    resolved against its folder. Raises ConfigError."""
+def read_job_text(path: str | os.PathLike) -> str:
+    """The text of the job spec at ``path``. Raises ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})"
                           ) from None
     except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise ConfigError(f"{path}: cannot read job spec: {reason}") from None
+
+
+def load_job_spec(path: str | os.PathLike, text: str | None = None) -> JobSpec:
+    """Read, parse and validate the YAML job spec at `path` (or its already read ``text``);
+    relative paths in it are resolved against its folder. Raises ConfigError."""
+    path = Path(path)
+    if text is None:
+        text = read_job_text(path)
     try:
         loader = _Loader(text)  # a SafeLoader: no Python tags are ever constructed
         try:
@@ -267,12 +230,14 @@ def parse_job_spec(data: dict, base_dir: str | os.PathLike) -> JobSpec:
     if mappings and misfit is None:
         _fail("mappings", "need misfit_configuration (a gradient to map); add it or remove "
                           "the mappings", d["mappings"])
-    smoothing = _opt(d, "", "smoothing", None, lambda v, p: _smoothing(v, p, mappings))
+    smoothing, applies_to = _opt(d, "", "smoothing", (None, None),
+                                 lambda v, p: _smoothing(v, p, mappings))
     output = _opt(d, "", "output", _resolve_path(f"runs/{name}", base_dir),
                   lambda v, p: _path(v, p, base_dir))
     parts = dict(name=name, ranks_per_job=ranks, site=site, domain=domain, model=model,
                  events=events, simulation=simulation, misfit=misfit, compression=compression,
-                 mappings=mappings, smoothing=smoothing, output=output, base_dir=base_dir)
+                 mappings=mappings, smoothing=smoothing, smoothing_applies_to=applies_to,
+                 output=output, base_dir=base_dir)
     return JobSpec(**parts, resolved=_resolved(**parts))
 
 
@@ -299,17 +264,17 @@ def _interval(value, path) -> tuple[float, float]:
     return lo, hi
 
 
-def _model(data, path, base_dir) -> ModelSpec:
+def _model(data, path, base_dir) -> ModelSource:
     d = _mapping(data, path, ("vp", "rho", "file"))
     if d.get("file") is not None:
         if d.get("vp") is not None or d.get("rho") is not None:
             _fail(path, "give either vp and rho (expressions) or file, not both", sorted(d))
-        return ModelSpec(None, None, _path(d["file"], f"{path}.file", base_dir, must_exist=True))
+        return ModelSource(None, None, _path(d["file"], f"{path}.file", base_dir, must_exist=True))
     for key in ("vp", "rho"):
         if d.get(key) is None:
             _fail(f"{path}.{key}", "missing: give vp and rho (expressions in x, y) or file")
-    return ModelSpec(_expression(d["vp"], f"{path}.vp"), _expression(d["rho"], f"{path}.rho"),
-                     None)
+    return ModelSource(_expression(d["vp"], f"{path}.vp"), _expression(d["rho"], f"{path}.rho"),
+                       None)
 
 
 def _events(data, path, domain) -> tuple[Event, ...]:
@@ -340,16 +305,16 @@ def _event(data, path, domain) -> Event:
     return Event(name, sources, tuple(receivers))
 
 
-def _source(data, path, domain) -> Source:
+def _source(data, path, domain) -> PointSource:
     d = _mapping(data, path, ("type", "x", "y", "f"), required=("x", "y", "f"))
     _opt(d, path, "type", "ScalarPoint2D", lambda v, p: _choice(v, p, ("ScalarPoint2D",)))
     x = _inside(_number(d["x"], f"{path}.x"), f"{path}.x", "x", domain.x)
     y = _inside(_number(d["y"], f"{path}.y"), f"{path}.y", "y", domain.y)
-    return Source(x, y, _number(d["f"], f"{path}.f"))
+    return PointSource((x, y), _number(d["f"], f"{path}.f"))
 
 
-_RECEIVER_KEYS = {"ArrayPoint2D": ("type", "x", "y", "fields"),
-                  "Point2D": ("type", "x", "y", "fields", "station_code")}
+_RECEIVER_KEYS = MappingProxyType({"ArrayPoint2D": ("type", "x", "y", "fields"),
+                                   "Point2D": ("type", "x", "y", "fields", "station_code")})
 
 
 def _receiver_set(data, path, domain, first_index) -> list[Receiver]:
@@ -364,7 +329,7 @@ def _receiver_set(data, path, domain, first_index) -> list[Receiver]:
         x = _inside(_number(d["x"], f"{path}.x"), f"{path}.x", "x", domain.x)
         y = _inside(_number(d["y"], f"{path}.y"), f"{path}.y", "y", domain.y)
         station = _opt(d, path, "station_code", f"R{first_index:04d}", _name)
-        return [Receiver(x, y, fields, station)]
+        return [Receiver((x, y), station, fields)]
     axes = {axis: _coordinates(d[axis], f"{path}.{axis}") for axis in ("x", "y")}
     n = max(len(values) for values, _ in axes.values())
     for axis, (values, _) in axes.items():
@@ -379,7 +344,7 @@ def _receiver_set(data, path, domain, first_index) -> list[Receiver]:
             point_path = f"{path}.{axis}[{j}]" if indexed else f"{path}.{axis}"
             column.append(_inside(values[j], point_path, axis, getattr(domain, axis)))
         columns.append(column)
-    return [Receiver(x, y, fields, f"R{first_index + k:04d}")
+    return [Receiver((x, y), f"R{first_index + k:04d}", fields)
             for k, (x, y) in enumerate(zip(*columns))]
 
 
@@ -449,20 +414,19 @@ def _absorbing(data, path) -> AbsorbingBoundaries:
 def _misfit(data, path, base_dir) -> MisfitConfig:
     d = _mapping(data, path, ("name", "observed_data", "misfit_function", "receiver_field"),
                  required=("misfit_function",))
-    function = _choice(d["misfit_function"], f"{path}.misfit_function", MISFIT_FUNCTIONS)
+    misfit = MISFITS[_choice(d["misfit_function"], f"{path}.misfit_function", tuple(MISFITS))]
     observed = d.get("observed_data")
-    if function == "L2_energy_no_observed_data":
+    if not misfit.needs_observed:
         if observed is not None:
-            _fail(f"{path}.observed_data", f"must be null for misfit_function {function}",
+            _fail(f"{path}.observed_data", f"must be null for misfit_function {misfit.name}",
                   observed)
     elif observed is None:
         _fail(f"{path}.observed_data",
-              f"required for misfit_function {function} (a receivers file)", observed)
+              f"required for misfit_function {misfit.name} (a receivers file)", observed)
     else:
         observed = _path(observed, f"{path}.observed_data", base_dir, must_exist=True)
     return MisfitConfig(
-        name=_opt(d, path, "name", "misfit", _name), observed_data=observed,
-        misfit_function=function,
+        name=_opt(d, path, "name", "misfit", _name), observed_data=observed, misfit=misfit,
         receiver_field=_opt(d, path, "receiver_field", "phi",
                             lambda v, p: _choice(v, p, RECEIVER_FIELDS)))
 
@@ -475,7 +439,7 @@ def _compression(data, path) -> Compression:
         _opt(d, path, "memory_per_rank_in_mb", DEFAULT_MEMORY_PER_RANK_MB, lambda v, p: _number(v, p, positive=True)))
 
 
-def _mappings(data, path) -> tuple[MappingConfig, ...]:
+def _mappings(data, path) -> tuple[Mapping, ...]:
     mappings = []
     for i, item in enumerate(_list(data, path)):
         mapping = _mapping_config(item, f"{path}[{i}]")
@@ -486,7 +450,8 @@ def _mappings(data, path) -> tuple[MappingConfig, ...]:
     return tuple(mappings)
 
 
-def _mapping_config(data, path) -> MappingConfig:
+def _mapping_config(data, path) -> Mapping:
+    """A `Mapping` (the YAML types checked here, its own invariants by itself)."""
     d = _mapping(data, path, ("name", "inversion_parameters", "scaling",
                               "source_cutout_radius_in_meters",
                               "receiver_cutout_radius_in_meters", "region_of_interest"),
@@ -495,17 +460,21 @@ def _mapping_config(data, path) -> MappingConfig:
     def radius(key):
         return _opt(d, path, key, None, lambda v, p: _number(v, p, lo=0))
 
-    return MappingConfig(
-        name=_name(d["name"], f"{path}.name"),
-        inversion_parameters=_subset(d["inversion_parameters"], f"{path}.inversion_parameters",
-                                     INVERSION_PARAMETERS),
-        scaling=_opt(d, path, "scaling", "absolute", lambda v, p: _choice(v, p, SCALINGS)),
-        source_cutout_radius_in_meters=radius("source_cutout_radius_in_meters"),
-        receiver_cutout_radius_in_meters=radius("receiver_cutout_radius_in_meters"),
-        region_of_interest=_opt(d, path, "region_of_interest", None, _string))
+    try:
+        return Mapping(
+            name=_name(d["name"], f"{path}.name"),
+            inversion_parameters=_subset(d["inversion_parameters"],
+                                         f"{path}.inversion_parameters", ACOUSTIC.parameters),
+            scaling=_opt(d, path, "scaling", "absolute", lambda v, p: _choice(v, p, SCALINGS)),
+            source_cutout_radius_in_meters=radius("source_cutout_radius_in_meters"),
+            receiver_cutout_radius_in_meters=radius("receiver_cutout_radius_in_meters"),
+            region_of_interest=_opt(d, path, "region_of_interest", None, _string),
+            field=path)
+    except MappingError as err:
+        raise ConfigError(str(err)) from None
 
 
-def _smoothing(data, path, mappings) -> SmoothingConfig:
+def _smoothing(data, path, mappings) -> tuple[ConstantSmoothing, str]:
     d = _mapping(data, path, ("apply_to", "type", "smoothing_lengths_in_meters"),
                  required=("apply_to", "type", "smoothing_lengths_in_meters"))
     names = tuple(m.name for m in mappings)
@@ -513,7 +482,7 @@ def _smoothing(data, path, mappings) -> SmoothingConfig:
         _fail(f"{path}.apply_to", "must name a mapping, but the spec defines no mappings",
               d["apply_to"])
     apply_to = _choice(d["apply_to"], f"{path}.apply_to", names)
-    kind = _choice(d["type"], f"{path}.type", ("ConstantSmoothing",))
+    _choice(d["type"], f"{path}.type", ("ConstantSmoothing",))
     parameters = next(m.inversion_parameters for m in mappings if m.name == apply_to)
     lengths_path = f"{path}.smoothing_lengths_in_meters"
     raw = d["smoothing_lengths_in_meters"]
@@ -529,11 +498,14 @@ def _smoothing(data, path, mappings) -> SmoothingConfig:
         if len(items) != 2:
             _fail(key_path, "must be [sigma_x, sigma_y] in metres", value)
         lengths[key] = tuple(_number(v, f"{key_path}[{i}]", lo=0) for i, v in enumerate(items))
-    return SmoothingConfig(apply_to, kind, lengths)
+    try:
+        return ConstantSmoothing(lengths, field=path), apply_to
+    except SmoothingError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _resolved(*, name, ranks_per_job, site, domain, model, events, simulation, misfit,
-              compression, mappings, smoothing, output, base_dir) -> dict:
+              compression, mappings, smoothing, smoothing_applies_to, output, base_dir) -> dict:
     """The spec in its own YAML vocabulary, defaults filled in, receivers expanded to
     Point2D entries and paths absolute: JSON-serialisable and parseable again."""
     sim, absorbing = simulation, simulation.absorbing
@@ -544,7 +516,8 @@ def _resolved(*, name, ranks_per_job, site, domain, model, events, simulation, m
                   else {"vp": model.vp, "rho": model.rho}),
         "events": [{
             "event_name": e.name,
-            "sources": [{"type": s.type, "x": s.x, "y": s.y, "f": s.f} for s in e.sources],
+            "sources": [{"type": "ScalarPoint2D", "x": s.x, "y": s.y, "f": s.f}
+                        for s in e.sources],
             "receivers": [{"type": "Point2D", "x": r.x, "y": r.y, "fields": list(r.fields),
                            "station_code": r.station} for r in e.receivers],
         } for e in events],
@@ -575,7 +548,7 @@ def _resolved(*, name, ranks_per_job, site, domain, model, events, simulation, m
             "receiver_cutout_radius_in_meters": m.receiver_cutout_radius_in_meters,
             "region_of_interest": m.region_of_interest} for m in mappings],
         "smoothing": None if smoothing is None else {
-            "apply_to": smoothing.apply_to, "type": smoothing.type,
+            "apply_to": smoothing_applies_to, "type": "ConstantSmoothing",
             "smoothing_lengths_in_meters": {k: list(v) for k, v in
                                             smoothing.smoothing_lengths_in_meters.items()}},
         "output": str(output),

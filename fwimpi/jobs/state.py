@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ConfigError
-from ..mesh.files import write_json_atomic
+from ..mesh.files import remove_temp_files, write_json_atomic
 from .spec import JobSpec
 
 STATE_NAME = ".fwimpi-state.json"
@@ -62,22 +62,29 @@ def product_hashes(spec: JobSpec, gradients: bool) -> dict[str, str]:
 
 
 class JobState:
-    """What is done in an output folder. Read on every rank; written by rank 0 only."""
+    """What is done in an output folder. Read by rank 0 (``read``) and handed to the other
+    ranks (``products``), so every rank takes the same decisions; written by rank 0 only."""
 
-    def __init__(self, output: Path, hashes: dict[str, str]):
+    def __init__(self, output: Path, hashes: dict[str, str], products: dict[str, dict]):
         self.output, self.hashes = Path(output), hashes
         self.path = self.output / STATE_NAME
+        self.products = products
+
+    @classmethod
+    def read(cls, output: Path, hashes: dict[str, str]) -> "JobState":
+        """The state file's products whose hash matches and whose files exist."""
+        output = Path(output)
         try:
-            stored = json.loads(self.path.read_text())
+            stored = json.loads((output / STATE_NAME).read_text())
         except (OSError, ValueError):
             stored = {}
-        self.products: dict[str, dict] = {
-            key: entry for key, entry in stored.get("products", {}).items()
-            if hashes.get(key) == entry.get("hash") and self._files_exist(entry)
-        }
-
-    def _files_exist(self, entry: dict) -> bool:
-        return all((self.output / rel).is_file() for rel in entry.get("files", []))
+        products = stored.get("products", {}) if isinstance(stored, dict) else {}
+        if not isinstance(products, dict):
+            products = {}
+        return cls(output, hashes, {
+            key: entry for key, entry in products.items()
+            if isinstance(entry, dict) and hashes.get(key) == entry.get("hash")
+            and all((output / rel).is_file() for rel in entry.get("files", []))})
 
     def done(self, key: str) -> dict | None:
         """The recorded entry of a finished product with the current settings, or None."""
@@ -155,10 +162,6 @@ class OutputLock:
 
 
 def remove_stale_temp_files(output: Path) -> list[Path]:
-    """Rank 0, under the lock: remove the temp files a killed run left behind."""
-    removed = []
-    for tmp in Path(output).rglob(".*.tmp*"):
-        if tmp.is_file():
-            tmp.unlink()
-            removed.append(tmp)
-    return removed
+    """Rank 0, under the lock: remove the temp files a killed run left behind (only names
+    carrying fwimpi's temp marker)."""
+    return remove_temp_files(output)

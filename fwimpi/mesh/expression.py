@@ -11,7 +11,8 @@ from __future__ import annotations
 import ast
 import math
 from dataclasses import dataclass, field as dc_field
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -21,7 +22,7 @@ MAX_LENGTH = 1000
 MAX_DEPTH = 50
 MAX_CONSTANT_EXPONENT = 64.0
 
-CONSTANTS = {"pi": math.pi, "e": math.e}
+CONSTANTS = MappingProxyType({"pi": math.pi, "e": math.e})
 
 
 def _logical(a: np.ndarray) -> np.ndarray:
@@ -33,7 +34,7 @@ def _as_float(a) -> np.ndarray:
 
 
 # name -> (number of arguments, numpy implementation)
-FUNCTIONS: dict[str, tuple[int, Callable]] = {
+FUNCTIONS: Mapping[str, tuple[int, Callable]] = MappingProxyType({
     "sqrt": (1, np.sqrt),
     "exp": (1, np.exp),
     "log": (1, np.log),
@@ -50,28 +51,28 @@ FUNCTIONS: dict[str, tuple[int, Callable]] = {
     "max": (2, np.maximum),
     "where": (3, lambda c, a, b: np.where(_logical(c), a, b)),
     "clip": (3, lambda a, lo, hi: np.minimum(np.maximum(a, lo), hi)),
-}
+})
 
-BINARY = {
+BINARY = MappingProxyType({
     ast.Add: np.add,
     ast.Sub: np.subtract,
     ast.Mult: np.multiply,
     ast.Div: np.true_divide,
     ast.Pow: np.power,
     ast.Mod: np.mod,
-}
-UNARY = {ast.UAdd: np.positive, ast.USub: np.negative}
-COMPARE = {
+})
+UNARY = MappingProxyType({ast.UAdd: np.positive, ast.USub: np.negative})
+COMPARE = MappingProxyType({
     ast.Lt: np.less,
     ast.LtE: np.less_equal,
     ast.Gt: np.greater,
     ast.GtE: np.greater_equal,
     ast.Eq: np.equal,
     ast.NotEq: np.not_equal,
-}
+})
 
 # Friendly names of constructs that are refused, for the error message.
-_REFUSED = {
+_REFUSED = MappingProxyType({
     ast.Attribute: "attribute access",
     ast.Subscript: "a subscript",
     ast.Lambda: "a lambda",
@@ -91,16 +92,17 @@ _REFUSED = {
     ast.Await: "await",
     ast.Yield: "yield",
     ast.YieldFrom: "yield",
-}
+})
 
 
 # The whitelist of node types; each has a builder method ``_<TypeName>`` below.
-_NODES = {ast.Constant, ast.Name, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.IfExp,
-          ast.Call}
+_NODES = frozenset({ast.Constant, ast.Name, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp,
+                    ast.IfExp, ast.Call})
 
-_SYMBOLS = {ast.FloorDiv: "//", ast.MatMult: "@", ast.BitAnd: "&", ast.BitOr: "|",
-            ast.BitXor: "^", ast.LShift: "<<", ast.RShift: ">>", ast.Invert: "~",
-            ast.Is: "is", ast.IsNot: "is not", ast.In: "in", ast.NotIn: "not in"}
+_SYMBOLS = MappingProxyType({
+    ast.FloorDiv: "//", ast.MatMult: "@", ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^",
+    ast.LShift: "<<", ast.RShift: ">>", ast.Invert: "~", ast.Is: "is", ast.IsNot: "is not",
+    ast.In: "in", ast.NotIn: "not in"})
 
 
 def _op_name(op: ast.AST) -> str:
@@ -270,6 +272,10 @@ class Expression:
     variables_used: frozenset
     variables: tuple = ("x", "y")
     _root: _Node = dc_field(default=None, repr=False, compare=False)
+
+    def __reduce__(self):
+        """Pickled as its text: compiled again (and checked again) when unpickled."""
+        return compile_expression, (self.text, self.field, self.variables)
 
     def __call__(self, **arrays) -> np.ndarray:
         unknown = set(arrays) - set(self.variables)

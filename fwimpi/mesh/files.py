@@ -46,29 +46,30 @@ class FileFormatError(FwimpiError, ValueError):
 # --------------------------------------------------------------------------- atomic writes
 
 
-_TEMPS: set[Path] = set()
+#: Marker of fwimpi's temporary names: ``.<name>.fwimpi-tmp<pid>``. Only files carrying it
+#: are ever removed by fwimpi's clean-ups.
+TEMP_MARKER = ".fwimpi-tmp"
 
 
 def temp_path(path: str | os.PathLike, pid: int | None = None) -> Path:
-    """The temporary name ``.<name>.tmp<pid>`` beside ``path`` (pass root's pid under MPI).
-
-    The name is remembered, so that ``remove_temp_files`` can clean up before an abort.
-    """
+    """The temporary name ``.<name>.fwimpi-tmp<pid>`` beside ``path`` (under MPI, pass the
+    pid of the rank that owns the job, so that every temp name of a job carries it)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid() if pid is None else pid}")
-    _TEMPS.add(tmp)
-    return tmp
+    return path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid() if pid is None else pid}")
 
 
-def remove_temp_files() -> None:
-    """Remove every temporary file this process named that still exists (before an
-    ``MPI_Abort``, which leaves no chance to unwind): no half-written file stays behind."""
-    for tmp in list(_TEMPS):
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        _TEMPS.discard(tmp)
+def remove_temp_files(folder: str | os.PathLike, pid: int | None = None) -> list[Path]:
+    """Remove fwimpi's temporary files below ``folder``: those of process ``pid`` (before an
+    ``MPI_Abort``, which leaves no chance to unwind), or every one (``pid`` None: the
+    leftovers of killed runs, removed under the output folder's lock). Files without
+    fwimpi's marker are never touched; symbolic links are not followed. Returns the removed."""
+    pattern = f".*{TEMP_MARKER}{'*' if pid is None else pid}"
+    removed = []
+    for tmp in Path(folder).rglob(pattern):
+        if tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 @contextmanager

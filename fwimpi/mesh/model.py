@@ -1,4 +1,4 @@
-"""Acoustic model (VP in m/s, RHO in kg/m^3) evaluated at points of a mesh.
+"""Models (VP in m/s, RHO in kg/m^3) evaluated at points of a mesh.
 
 Sources of values: safely parsed expressions in ``x``, ``y`` or a gridded file. Inside
 absorbing margins the model takes its value at the nearest point of the domain (constant
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .expression import compile_expression
-from .gridded import read_gridded_model
+from ..sem.physics import ACOUSTIC, AcousticPhysics
+from .expression import Expression, compile_expression
+from .gridded import GriddedModel, read_gridded_model
 from .structured import Box
 
 
@@ -26,10 +27,15 @@ class ModelSource:
 
 
 class ModelEvaluator:
-    """Evaluates VP and RHO at points; built once, validated at construction."""
+    """Evaluates the physics' parameters (``VP``, ``RHO``) at points; built once, validated
+    at construction (the file is read then). Picklable, so one rank can read a file and hand
+    the evaluator to the others."""
 
-    def __init__(self, source: ModelSource, domain: Box):
-        self.domain = domain
+    def __init__(self, source: ModelSource, domain: Box, physics: AcousticPhysics = ACOUSTIC):
+        self.domain, self.physics, self.source = domain, physics, source
+        names = [p.lower() for p in physics.parameters]
+        self._grid: GriddedModel | None = None
+        self._expressions: dict[str, Expression] = {}
         if source.file is not None:
             grid = read_gridded_model(source.file, field="model.file")
             x0, x1, y0, y1 = grid.bounds
@@ -41,37 +47,39 @@ class ModelEvaluator:
                     f"but the domain is x in [{domain.x0:g}, {domain.x1:g}], "
                     f"y in [{domain.y0:g}, {domain.y1:g}]"
                 )
-            for name in ("vp", "rho"):
+            for name in names:
                 if name not in grid.fields:
                     raise ConfigError(
                         f"model.file: no variable '{name}' in {source.file} "
                         f"(has {', '.join(sorted(grid.fields)) or 'none'})"
                     )
-            self._eval = {n: (lambda x, y, n=n: grid.interpolate(n, x, y)) for n in ("vp", "rho")}
+            self._grid = grid
         else:
-            exprs = {n: compile_expression(str(getattr(source, n)), f"model.{n}")
-                     for n in ("vp", "rho")}
-            self._eval = {n: (lambda x, y, e=e: e(x=x, y=y)) for n, e in exprs.items()}
+            self._expressions = {n: compile_expression(str(getattr(source, n)), f"model.{n}")
+                                 for n in names}
+
+    def _values(self, name: str, p: np.ndarray) -> np.ndarray:
+        if self._grid is not None:
+            return self._grid.interpolate(name, p[:, 0], p[:, 1])
+        return self._expressions[name](x=p[:, 0], y=p[:, 1])
 
     def __call__(self, points: np.ndarray) -> dict[str, np.ndarray]:
-        """``{"VP": (P,), "RHO": (P,)}`` at ``points (P, 2)``; raises on non-positive values."""
+        """``{"VP": (P,), "RHO": (P,)}`` at ``points (P, 2)``; raises ConfigError on
+        non-positive or non-finite values, naming the parameter and the point."""
         p = self.domain.clamp(np.asarray(points, dtype=float))
         out = {}
-        for name in ("vp", "rho"):
-            v = np.broadcast_to(self._eval[name](p[:, 0], p[:, 1]), (len(p),)).astype(float)
+        for name in self.physics.parameters:
+            v = np.broadcast_to(self._values(name.lower(), p), (len(p),)).astype(float)
             bad = ~(v > 0) | ~np.isfinite(v)
             if bad.any():
                 k = int(np.flatnonzero(bad)[0])
                 raise ConfigError(
-                    f"model.{name}: must be positive and finite, got {v[k]:g} "
+                    f"model.{name.lower()}: must be positive and finite, got {v[k]:g} "
                     f"at x={p[k, 0]:g}, y={p[k, 1]:g}"
                 )
-            out[name.upper()] = v
+            out[name] = v
         return out
 
-    def min_velocity(self, samples: int = 257) -> float:
-        """Minimum VP (m/s) over a ``samples x samples`` grid of the domain (for meshing)."""
-        x = np.linspace(self.domain.x0, self.domain.x1, samples)
-        y = np.linspace(self.domain.y0, self.domain.y1, samples)
-        xx, yy = np.meshgrid(x, y)
-        return float(self(np.column_stack((xx.ravel(), yy.ravel())))["VP"].min())
+    def velocity(self, points: np.ndarray) -> np.ndarray:
+        """``VP (P,)`` at ``points (P, 2)``, m/s (what the mesh is sized with)."""
+        return self(points)["VP"]

@@ -121,11 +121,12 @@ class StructuredMesh:
             self.order,
         )
         ex, ey = self.element_indices(elements)
-        shape = (len(ex),) + ref.jw.shape[1:]
-        x = (self.extended.x0 + ex * self.hx)[:, None, None] + ref.x
-        y = (self.extended.y0 + ey * self.hy)[:, None, None] + ref.y
-        same = {k: np.broadcast_to(getattr(ref, k), shape) for k in ("jw", "g11", "g12", "g22")}
-        return ElementGeometry(self.order, x, y, **same)
+        e = len(ex)
+        coords = np.stack([(self.extended.x0 + ex * self.hx)[:, None, None] + ref.coords[0],
+                           (self.extended.y0 + ey * self.hy)[:, None, None] + ref.coords[1]])
+        jw = np.broadcast_to(ref.jw, (e,) + ref.jw.shape[1:])
+        metric = np.broadcast_to(ref.metric, ref.metric.shape[:2] + (e,) + ref.metric.shape[3:])
+        return ElementGeometry(self.order, coords, jw, metric)
 
     def locate(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Element and reference coordinates of points ``(Q, 2)``.
@@ -164,3 +165,40 @@ def build_mesh(domain: Box, margin: float, element_size: float, order: int) -> S
     nex = max(1, math.ceil((extended.x1 - extended.x0) / element_size - 1e-9))
     ney = max(1, math.ceil((extended.y1 - extended.y0) / element_size - 1e-9))
     return StructuredMesh(domain, extended, float(margin), int(order), nex, ney)
+
+
+class MeshTooLarge(ValueError):
+    """A mesh would have more points than allowed (raised before its points are made)."""
+
+    def __init__(self, n_points: int, limit: int):
+        super().__init__(f"the mesh would have {n_points} points, more than {limit}")
+        self.n_points, self.limit = n_points, limit
+
+
+def mesh_for_model(domain: Box, margin: float, order: int, elements_per_wavelength: float,
+                   max_frequency: float, velocity,
+                   max_points: int | None = None) -> tuple[StructuredMesh, float]:
+    """The mesh of ``domain`` plus ``margin`` (m) whose elements resolve the slowest wave:
+    element size ``v_min / (max_frequency * elements_per_wavelength)``.
+
+    ``velocity(points (Q, 2)) -> (Q,)`` gives the wave speed (m/s). ``v_min`` is first sampled
+    on a 257 x 257 grid of the domain, then on the mesh's GLL points; the mesh is refined
+    (at most three times) while the GLL points find a lower speed. Returns the mesh and the
+    ``v_min`` it was sized with. A model changed later (an inversion's iterates) keeps this
+    mesh: size it from the starting model. Raises MeshTooLarge before making the points of a
+    mesh of more than ``max_points`` points.
+    """
+    x = np.linspace(domain.x0, domain.x1, 257)
+    y = np.linspace(domain.y0, domain.y1, 257)
+    xx, yy = np.meshgrid(x, y)
+    vmin = float(np.min(velocity(np.column_stack((xx.ravel(), yy.ravel())))))
+    for _ in range(3):
+        h = vmin / (max_frequency * elements_per_wavelength)
+        mesh = build_mesh(domain, margin, h, order)
+        if max_points is not None and mesh.n_points > max_points:
+            raise MeshTooLarge(mesh.n_points, max_points)
+        vmin_mesh = float(np.min(velocity(mesh.points)))
+        if vmin_mesh >= vmin * (1 - 1e-12):
+            break
+        vmin = vmin_mesh
+    return mesh, vmin

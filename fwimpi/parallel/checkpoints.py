@@ -7,6 +7,7 @@ reused only when they are equal. Written atomically: a temp name, renamed when c
 """
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import h5py
 import numpy as np
 
 from ..mesh.files import temp_path
+from ..sem.timestepper import State
+
+log = logging.getLogger("fwimpi")
 
 FORMAT = "fwimpi-checkpoints-1"
 
@@ -108,3 +112,70 @@ class CheckpointReader:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" if not isinstance(new.get(k), dict)
+                     else f"{k} changed" for k in keys)
+
+
+class EventCheckpoints:
+    """Collective on ``mesh.comm``: the checkpoint file of one event's forward run.
+
+    Reused when the settings stored in it equal ``settings`` (decided on rank 0 and
+    broadcast, so every rank takes the same branch), else written anew. Offers what the
+    gradient asks of checkpoints: ``spacing`` (steps), ``save(step, state)`` while writing,
+    ``load(step) -> State`` (local arrays, ghosts filled) and ``traces``: the stored receiver
+    traces ``(R, n_steps + 1)`` of a reused file (None when the forward run must happen).
+    ``finish`` commits (or closes) the file.
+    """
+
+    def __init__(self, mesh, path: Path, settings: dict, spacing: int, label: str):
+        self.mesh, self.path, self.spacing = mesh, Path(path), spacing
+        comm = mesh.comm
+        stored = stored_settings(self.path) if comm.rank == 0 else None
+        stored = comm.bcast(stored, root=0)
+        self.reuse = stored == settings
+        if comm.rank == 0:
+            if self.reuse:
+                log.info("%s: checkpoints of an earlier run reused; the forward simulation is "
+                         "not run again", label)
+            elif stored is not None:
+                log.info("%s: checkpoints exist for other settings (%s); the forward simulation "
+                         "runs again", label, _differences(stored, settings))
+        self.reader = self.writer = None
+        if self.reuse:
+            self.reader = CheckpointReader(comm, self.path, mesh.offset, mesh.n_owned)
+            self.traces = self.reader.traces()
+        else:
+            self.traces = None
+            self.writer = CheckpointWriter(comm, self.path, mesh.offset, mesh.n_owned,
+                                           mesh.n_global, settings)
+
+    def save(self, step: int, state: State) -> None:
+        """Store the state at ``step`` (collective; only while writing)."""
+        self.writer.save(step, state.u, state.u_old)
+
+    def load(self, step: int) -> State:
+        """The state at ``step`` on the local points (collective)."""
+        u_owned, u_old_owned = (self.reader or self.writer).load(step)
+        state = State(step, np.zeros(self.mesh.n_local), np.zeros(self.mesh.n_local))
+        for target, owned in ((state.u, u_owned), (state.u_old, u_old_owned)):
+            target[: len(owned)] = owned
+            self.mesh.update_ghosts(target)
+        return state
+
+    def finish(self, traces_on_root: np.ndarray | None, shape: tuple[int, int]) -> None:
+        """Commit a written file with the traces (given on rank 0), or close a read one."""
+        if self.writer is not None:
+            self.writer.commit(traces_on_root, shape)
+        if self.reader is not None:
+            self.reader.close()
+
+    def abandon(self) -> None:
+        """After a failure: remove a file being written, close one being read."""
+        if self.writer is not None:
+            self.writer.abandon()
+        if self.reader is not None:
+            self.reader.close()

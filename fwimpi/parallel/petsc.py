@@ -48,6 +48,7 @@ class HaloExchange:
         values[:] = self.buffer
 
     def destroy(self) -> None:
+        """Free the PETSc vector (collective)."""
         self.vec.destroy()
 
 
@@ -67,6 +68,7 @@ class NaturalOrder:
             np.asarray(petsc_of_natural[self.lo:self.hi], dtype=PETSc.IntType), comm=comm)
         dst = PETSc.IS().createStride(self.hi - self.lo, first=self.lo, step=1, comm=comm)
         self.scatter = PETSc.Scatter().create(self.owned, src, self.natural, dst)
+        self._index_sets = (src, dst)
 
     def to_natural(self, local: np.ndarray) -> np.ndarray:
         """Natural slice ``(hi - lo,)`` from a local array (its owned part is used)."""
@@ -81,3 +83,8 @@ class NaturalOrder:
         self.scatter.scatter(self.natural, self.owned, PETSc.InsertMode.INSERT_VALUES,
                              PETSc.ScatterMode.REVERSE)
         return self.owned.getArray().copy()
+
+    def destroy(self) -> None:
+        """Free the PETSc vectors and scatter (collective)."""
+        for obj in (self.scatter, self.owned, self.natural, *self._index_sets):
+            obj.destroy()

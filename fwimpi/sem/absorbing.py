@@ -1,6 +1,7 @@
 """Absorbing margins: a damping profile for the term ``C = M d`` of the time stepper."""
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -9,6 +10,30 @@ import numpy as np
 #: at 1e-3, 4.5e-4 at 1e-4, 2.8e-3 at 1e-12: below ~1e-2 the reflection off the steeper
 #: damping ramp dominates what gets through, so 1e-2 is the best choice.
 TARGET_REFLECTION = 1e-2
+
+
+@dataclass(frozen=True)
+class AbsorbingBoundaries:
+    """Absorbing margins outside the left, right and bottom of the domain, sized as
+    ``number_of_wavelengths`` wavelengths of ``reference_velocity`` (m/s) at
+    ``reference_frequency`` (Hz).
+
+    >>> AbsorbingBoundaries(2000.0, 3.5, 5.0).width_in_meters
+    1400.0
+    """
+
+    reference_velocity: float
+    number_of_wavelengths: float
+    reference_frequency: float
+
+    @property
+    def width_in_meters(self) -> float:
+        """``number_of_wavelengths * reference_velocity / reference_frequency``, m."""
+        return self.number_of_wavelengths * self.reference_velocity / self.reference_frequency
+
+    def damping(self, points: np.ndarray, domain: tuple[float, float, float, float]) -> np.ndarray:
+        """Damping rate ``d (P,)`` (1/s) at ``points (P, 2)`` outside ``domain``."""
+        return damping_profile(points, domain, self.width_in_meters, self.reference_velocity)
 
 
 def damping_profile(

@@ -3,67 +3,97 @@
 An element is the bilinear image of the reference square [-1, 1]^2 with its four corners
 given counterclockwise. Element-local node ``a = i + n*j`` (``n = order + 1``) sits at the
 reference point ``(xi_i, eta_j)``; arrays indexed per element point have shape ``(E, n, n)``
-ordered ``[e, j, i]``.
+ordered ``[e, j, i]``. Geometric arrays carry a leading dimension axis: coordinates
+``(dim, E, n, n)`` and the metric ``(dim, dim, E, n, n)``, so that code written against them
+does not name components.
+
+>>> import numpy as np
+>>> g = element_geometry(np.array([[[0., 0.], [2., 0.], [2., 1.], [0., 1.]]]), order=2)
+>>> g.dim, g.coords.shape, g.metric.shape
+(2, (2, 1, 3, 3), (2, 2, 1, 3, 3))
+>>> float(g.jw.sum())  # the element's area, m^2
+2.0
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from .gll import derivative_matrix, gll_points_weights, lagrange_basis
+from .gll import gll_points_weights, lagrange_basis
 
 
 @dataclass(frozen=True)
 class ElementGeometry:
-    """Per-element-point geometry of E quads of one order, all arrays ``(E, n, n)``.
+    """Per-element-point geometry of E elements of one order.
 
-    ``jw = w_i w_j det(J)`` (m^2) is the quadrature weight; ``g11, g12, g22`` are the entries
-    of ``jw * J^-1 J^-T``, the metric the stiffness action needs (dimensionless).
+    ``coords (dim, E, n, n)`` the GLL point positions (m); ``jw (E, n, n)`` the quadrature
+    weight ``w_i w_j det(J)`` (m^2); ``metric (dim, dim, E, n, n)`` the symmetric
+    ``jw * J^-1 J^-T`` that the stiffness action needs (dimensionless in 2D), reference axes
+    first: ``metric[a, b]`` pairs the derivatives along reference axes ``a`` and ``b``.
     """
 
     order: int
-    x: np.ndarray
-    y: np.ndarray
+    coords: np.ndarray
     jw: np.ndarray
-    g11: np.ndarray
-    g12: np.ndarray
-    g22: np.ndarray
+    metric: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return self.coords.shape[0]
+
+    @property
+    def n_elements(self) -> int:
+        return self.jw.shape[0]
 
 
-def bilinear_map(corners: np.ndarray, xi, eta) -> tuple[np.ndarray, np.ndarray]:
-    """Physical coordinates of reference points: corners ``(E, 4, 2)``, xi/eta broadcastable.
-
-    Returns x, y of shape ``(E,) + broadcast(xi, eta).shape``.
-    """
+def bilinear_map(corners: np.ndarray, xi, eta) -> np.ndarray:
+    """Physical coordinates ``(2, E) + broadcast(xi, eta).shape`` of reference points of the
+    quads with corners ``(E, 4, 2)``."""
     xi, eta = np.broadcast_arrays(np.asarray(xi, float), np.asarray(eta, float))
     shape = [(1 - xi) * (1 - eta), (1 + xi) * (1 - eta), (1 + xi) * (1 + eta), (1 - xi) * (1 + eta)]
-    ex = sum(corners[:, k, 0].reshape((-1,) + (1,) * xi.ndim) * shape[k] for k in range(4)) / 4
-    ey = sum(corners[:, k, 1].reshape((-1,) + (1,) * xi.ndim) * shape[k] for k in range(4)) / 4
-    return ex, ey
+    return np.stack([
+        sum(corners[:, k, c].reshape((-1,) + (1,) * xi.ndim) * shape[k] for k in range(4)) / 4
+        for c in range(2)])
 
 
-def element_geometry(corners: np.ndarray, order: int) -> ElementGeometry:
-    """Geometry of quads with corners ``(E, 4, 2)`` (m, counterclockwise) at GLL order ``order``."""
-    corners = np.asarray(corners, dtype=float)
-    xi, w = gll_points_weights(order)
-    d = derivative_matrix(order)
-    XI, ETA = np.meshgrid(xi, xi, indexing="xy")  # [j, i]
-    x, y = bilinear_map(corners, XI, ETA)
-    # Jacobian entries by differentiating the (exactly represented) bilinear map.
-    x_xi = np.einsum("ik,ejk->eji", d, x)
-    y_xi = np.einsum("ik,ejk->eji", d, y)
-    x_eta = np.einsum("jk,eki->eji", d, x)
-    y_eta = np.einsum("jk,eki->eji", d, y)
-    det = x_xi * y_eta - x_eta * y_xi
+def metric_from_jacobian(jacobian: np.ndarray, weights: np.ndarray,
+                         diffusivity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``jw (E, n, n)`` and ``metric (dim, dim, E, n, n)`` from the Jacobian
+    ``J[c, a] = dx_c / dxi_a`` of shape ``(dim, dim, E, n, n)`` and the tensor-product GLL
+    weights ``(n, n)``: ``metric = jw J^-1 D J^-T`` with ``D`` the symmetric ``diffusivity
+    (dim, dim)`` (identity by default). Raises ValueError on a non-positive determinant."""
+    jac = np.moveaxis(jacobian, (0, 1), (-2, -1))  # (E, n, n, dim, dim)
+    det = np.linalg.det(jac)
     if np.any(det <= 0):
-        bad = int(np.flatnonzero((det <= 0).any(axis=(1, 2)))[0])
+        bad = int(np.flatnonzero((det <= 0).reshape(len(det), -1).any(axis=1))[0])
         raise ValueError(f"element {bad} is degenerate or not counterclockwise")
-    jw = np.outer(w, w)[None] * det
-    # Rows of J^-1: grad(xi) = (y_eta, -x_eta)/det, grad(eta) = (-y_xi, x_xi)/det.
-    g11 = jw * (y_eta**2 + x_eta**2) / det**2
-    g12 = -jw * (y_eta * y_xi + x_eta * x_xi) / det**2
-    g22 = jw * (y_xi**2 + x_xi**2) / det**2
-    return ElementGeometry(order, x, y, jw, g11, g12, g22)
+    inv = np.linalg.inv(jac)  # inv[..., a, c] = dxi_a / dx_c
+    jw = weights[None] * det
+    d = np.eye(jac.shape[-1]) if diffusivity is None else np.asarray(diffusivity, float)
+    metric = np.einsum("...ac,cd,...bd->ab...", inv, d, inv) * jw[None, None]
+    return jw, metric
+
+
+def element_geometry(corners: np.ndarray, order: int,
+                     diffusivity: np.ndarray | None = None) -> ElementGeometry:
+    """Geometry of quads with corners ``(E, 4, 2)`` (m, counterclockwise) at GLL order
+    ``order``; with ``diffusivity (2, 2)`` the metric is ``jw J^-1 D J^-T`` (the stiffness
+    of ``div(D grad .)``, used for smoothing)."""
+    c = np.asarray(corners, dtype=float)
+    xi, w = gll_points_weights(order)
+    XI, ETA = xi[None, None, :], xi[None, :, None]  # [e, j, i]
+    coords = bilinear_map(c, XI[0], ETA[0])
+    # The bilinear map's Jacobian from corner differences: exact zeros off the diagonal of
+    # an axis-aligned rectangle, and the same bits in every translate of an element.
+    e01, e32 = c[:, 1] - c[:, 0], c[:, 2] - c[:, 3]  # (E, 2): edges along xi
+    e03, e12 = c[:, 3] - c[:, 0], c[:, 2] - c[:, 1]  # along eta
+    shape = (len(c), len(xi), len(xi))
+    jacobian = np.empty((2, 2) + shape)
+    for k in range(2):
+        jacobian[k, 0] = (e01[:, k, None, None] * (1 - ETA) + e32[:, k, None, None] * (1 + ETA)) / 4
+        jacobian[k, 1] = (e03[:, k, None, None] * (1 - XI) + e12[:, k, None, None] * (1 + XI)) / 4
+    jw, metric = metric_from_jacobian(jacobian, np.outer(w, w), diffusivity)
+    return ElementGeometry(order, coords, jw, metric)
 
 
 def point_weights(order: int, ref: np.ndarray) -> np.ndarray:

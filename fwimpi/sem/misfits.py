@@ -1,8 +1,22 @@
-"""Misfit functionals on discrete traces, and their adjoint sources.
+"""Misfit functionals on discrete traces, their adjoint sources, and the registry of them.
 
 Traces are ``(R, S)`` arrays sampled every ``dt`` seconds; J is defined on exactly these
-samples (DESIGN.md), so the adjoint source ``dJ/du (R, S)`` is its exact derivative.
+samples (DESIGN.md), so the adjoint source ``dJ/du (R, S)`` is its exact derivative. Every
+misfit is a sum over receivers, so a decomposed run evaluates it on each rank's receivers
+and adds the parts.
+
+A new misfit is one entry of ``MISFITS``: a function ``(traces, observed, dt) -> (J,
+dJ/dtraces)`` (``observed`` is None for misfits without data) and whether it needs data.
+
+>>> import numpy as np
+>>> j, adj = MISFITS["L2"].evaluate(np.ones((2, 3)), np.zeros((2, 3)), 0.5)
+>>> j, adj.shape
+(1.5, (2, 3))
 """
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable
 
 import numpy as np
 
@@ -64,3 +78,32 @@ def cross_correlation_time_shift(traces: np.ndarray, observed: np.ndarray,
         j += 0.5 * t**2
         adjoint[r] = t * dt * grad
     return j, adjoint
+
+
+def _l2_energy_without_data(traces, observed, dt):
+    return l2_energy(traces, dt)
+
+
+@dataclass(frozen=True)
+class Misfit:
+    """A registered misfit: its job-spec ``name``, ``function(traces, observed, dt) -> (J,
+    dJ/dtraces)`` and whether it compares with observed data (``needs_observed``)."""
+
+    name: str
+    function: Callable[[np.ndarray, np.ndarray | None, float], tuple[float, np.ndarray]]
+    needs_observed: bool
+
+    def evaluate(self, traces: np.ndarray, observed: np.ndarray | None,
+                 dt: float) -> tuple[float, np.ndarray]:
+        """``(J, dJ/dtraces (R, S))`` of ``traces (R, S)`` against ``observed (R, S)``."""
+        if self.needs_observed and observed is None:
+            raise ValueError(f"misfit {self.name} needs observed data")
+        return self.function(traces, observed, dt)
+
+
+#: The misfits a job spec can name (``misfit_configuration.misfit_function``).
+MISFITS = MappingProxyType({m.name: m for m in (
+    Misfit("L2_energy_no_observed_data", _l2_energy_without_data, False),
+    Misfit("L2", l2, True),
+    Misfit("cross_correlation_time_shift", cross_correlation_time_shift, True),
+)})

@@ -226,34 +226,49 @@ class AcousticStiffness:
     """Stiffness action ``K(m1)`` of the acoustic operator on one set of elements.
 
     ``ibool (E, n, n)`` maps element points to (local) point indices; ``m1`` (``1/rho``,
-    m^3/kg) is given at the points ``(P,)``. ``K`` is symmetric positive semi-definite.
-    Meshes of identical axis-aligned rectangles use a leaner kernel (same result) unless
-    ``general`` is set.
+    m^3/kg) is given at the points ``(P,)`` and can be replaced (``set_coefficient``) without
+    rebuilding anything else. ``K`` is symmetric positive semi-definite. Meshes of identical
+    axis-aligned rectangles use a leaner kernel (same result) unless ``general`` is set.
     """
 
     def __init__(self, geometry: ElementGeometry, ibool: np.ndarray, m1: np.ndarray,
                  general: bool = False):
+        if geometry.dim != 2:
+            raise ValueError(f"AcousticStiffness: {geometry.dim}D elements are not supported")
         n = geometry.order + 1
         self.order = geometry.order
         if ibool.shape != geometry.jw.shape:
             raise ValueError(f"ibool shape {ibool.shape} != geometry {geometry.jw.shape}")
+        self._ibool_elements = np.asarray(ibool)
         self.ibool = to_blocks(np.asarray(ibool, dtype=np.int32))
         self.d = np.ascontiguousarray(derivative_matrix(geometry.order))
-        g = (geometry.g11, geometry.g12, geometry.g22)
+        g = (geometry.metric[0, 0], geometry.metric[0, 1], geometry.metric[1, 1])
         scale = max(np.abs(g[0]).max(initial=0.0), np.abs(g[2]).max(initial=0.0))
         self.rectangles = not general and len(ibool) > 0 and all(
             np.allclose(a, a[0], rtol=1e-13, atol=0) for a in (g[0], g[2])
         ) and np.abs(g[1]).max() <= 1e-13 * scale  # g12 of a rectangle is round-off
         self._n = n
+        self._geometry = g  # unblocked; blocked on first use by add_with_gradient
+        self.m1 = np.array(m1, dtype=float)
         if self.rectangles:
-            self._args = (self.d, np.ascontiguousarray(m1, dtype=float),
-                          np.ascontiguousarray(g[0][0]), np.ascontiguousarray(g[2][0]))
+            self._args = (self.d, self.m1, np.ascontiguousarray(g[0][0]),
+                          np.ascontiguousarray(g[2][0]))
             self._kernel = _rectangle_kernels(n)
         else:
-            m1_elem = np.asarray(m1, dtype=float)[ibool]
-            self._args = (self.d, *(to_blocks(m1_elem * a) for a in g))
+            self._args = (self.d, *(np.zeros(self.ibool.shape) for _ in g))
             self._kernel = _kernels(n)
-            self._geometry = g  # unblocked; blocked on first use by add_with_gradient
+            self.set_coefficient(self.m1)
+
+    def set_coefficient(self, m1: np.ndarray) -> None:
+        """Replace ``m1 (P,)`` in place: the operator's structure and buffers are kept."""
+        m1 = np.asarray(m1, dtype=float)
+        if m1.shape != self.m1.shape:
+            raise ValueError(f"m1: expected shape {self.m1.shape}, got {m1.shape}")
+        self.m1[:] = m1
+        if not self.rectangles:
+            m1_elem = self.m1[self._ibool_elements]
+            for target, g in zip(self._args[1:], self._geometry):
+                target[...] = to_blocks(m1_elem * g)
 
     def add(self, u: np.ndarray, out: np.ndarray) -> None:
         """``out += K u`` in place (``(P,)`` arrays; unassembled across ranks)."""
