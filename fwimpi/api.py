@@ -24,7 +24,8 @@ from .errors import ConfigError
 from .inversion.solver import ModelError, WaveSolver
 from .jobs.plan import JobPlan, plan_job
 from .jobs.spec import JobSpec, load_job_spec, read_job_text
-from .parallel.distributed import DistributedMesh, decide_on_root
+from .parallel.collective import decide_on_root
+from .parallel.distributed import DistributedMesh
 from .sem.acquisition import Event
 from .sem.timestepper import TimeAxis
 
@@ -70,8 +71,19 @@ class Simulation:
     def _event(self, event: Event | str | None) -> Event:
         if isinstance(event, Event):
             return event
-        events = {e.name: e for e in self.spec.events}
-        return events[event] if event is not None else self.spec.events[0]
+        if event is None:
+            return self.spec.events[0]
+        for e in self.spec.events:
+            if e.name == event:
+                return e
+        raise ConfigError(f"event: no event {event!r} in job {self.spec.name} (events: "
+                          f"{', '.join(e.name for e in self.spec.events)})")
+
+    @property
+    def mass(self) -> np.ndarray | None:
+        """``(P,)`` the quadrature weights ``w`` (m^2) in natural order on rank 0: the files'
+        ``/mesh/mass``, what a gradient divided by gives its kernel."""
+        return self._gather(self.mesh.weights)
 
     def _gather(self, local: np.ndarray) -> np.ndarray | None:
         parts = self.comm.gather(self.mesh.to_natural(local), root=0)
@@ -103,13 +115,17 @@ class Simulation:
         rec = self.solver.forward(event)
         return self.mesh.gather_rows(rec.receivers_kept, rec.traces, len(event.receivers))
 
-    def gradient(self, event: Event | str | None = None, interval: int = 1,
+    def gradient(self, event: Event | str | None = None, interval: int | None = None,
                  chunk: int | None = None) -> tuple[float, dict[str, np.ndarray] | None]:
         """The job's misfit of an event and its raw gradient ``{parameter: (P,)}`` (rank 0;
-        the misfit on every rank). ``interval``: forward_wavefield_sampling_interval;
-        ``chunk``: checkpoint spacing in steps (default: all in memory)."""
+        the misfit on every rank), as ``fwimpi run`` computes it: ``interval``
+        (forward_wavefield_sampling_interval) and ``chunk`` (checkpoint spacing, steps;
+        checkpoints kept in memory) default to the job's."""
         if self.spec.misfit is None:
             raise ConfigError("misfit_configuration: a gradient needs a misfit")
+        if interval is None:
+            interval = self.spec.compression.forward_wavefield_sampling_interval
+            chunk = self.plan.chunk if chunk is None else chunk
         event = self._event(event)
         misfit, dt = self.spec.misfit.misfit, self.solver.axis.dt
         observed = self.plan.observed.get(event.name)

@@ -106,42 +106,87 @@ def _validate(args) -> int:
     return 0
 
 
+#: The most ranks the local site starts: beyond a few per core they only wait for each other.
+MAX_LOCAL_RANKS_PER_CORE = 8
+
+
 def _run(args) -> int:
     """Validate, then run in this process (one rank) or launch ``ranks`` through the site."""
-    import subprocess
-
     from .jobs.plan import plan_job
+    from .jobs.signals import stop_on_signals
     from .jobs.sites import load_site
     from .jobs.spec import load_job_spec
-    from .jobs.state import LOCK_ENV, JobState, OutputLock, product_hashes
+    from .jobs.state import (LOCK_ENV, JobState, OutputLock, check_output_folder,
+                             product_hashes)
 
     spec = load_job_spec(args.job)
     if args.ranks is not None and args.ranks < 1:
         raise ConfigError(f"--ranks: must be a positive integer, got {args.ranks}")
     ranks = args.ranks or spec.ranks_per_job
     site = load_site(args.site or spec.site)
-    plan_job(spec, ranks)  # every input check, before any MPI work or output
+    gradients = spec.misfit is not None and not args.forward_only
+    plan = plan_job(spec, ranks, gradients)  # every input check, before any MPI work or output
+    check_output_folder(spec.output)
     if site.kind == "slurm":  # the batch job's `fwimpi exec` takes the output lock
         return _run_on_slurm(args, spec, site, ranks)
-    gradients = spec.misfit is not None and not args.forward_only
+    _check_local_resources(ranks, plan.memory_per_rank, "--ranks" if args.ranks else
+                           "ranks_per_job")
     state = JobState.read(spec.output, product_hashes(spec, gradients))
     if state.all_done() and (spec.output / "summary.json").is_file():
         log.info("all products of job %s are already computed; not run again", spec.name)
         print(json.dumps(json.loads((spec.output / "summary.json").read_text())["simulation"],
                          indent=2))
         return 0
-    with OutputLock(spec.output) as lock:
+    with stop_on_signals(), OutputLock(spec.output, spec.name) as lock:
         os.environ[LOCK_ENV] = lock.token  # the ranks started below find the lock theirs
         if ranks == 1:
             return _exec(args, in_process=True)
         extra = ("--forward-only",) if args.forward_only else ()
         command = site.command(ranks, args.job.resolve(), extra)
         log.info("launching: %s", " ".join(command))
-        code = subprocess.run(command).returncode
+        code = _wait_for(command)
     if code == 0:
         summary = json.loads((spec.output / "summary.json").read_text())
         print(json.dumps(summary["simulation"], indent=2))
     return 1 if code < 0 else code
+
+
+def _wait_for(command: list[str], grace: float = 30.0) -> int:
+    """Run ``command`` and return its exit status; on SIGTERM or SIGINT pass the signal on,
+    give it ``grace`` seconds to stop (then kill it), and raise Interrupted."""
+    import subprocess
+
+    from .jobs.signals import Interrupted
+
+    proc = subprocess.Popen(command)
+    try:
+        return proc.wait()
+    except Interrupted as stop:
+        log.warning("%s: stopping the job's processes", stop)
+        proc.send_signal(stop.signum)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+def _check_local_resources(ranks: int, memory_per_rank: int, field: str) -> None:
+    """Refuse more ranks or memory than this machine has for the local site."""
+    cores = os.cpu_count() or 1
+    if ranks > MAX_LOCAL_RANKS_PER_CORE * cores:
+        raise ConfigError(f"{field}: {ranks} ranks on this machine's {cores} cores (the local "
+                          f"site runs at most {MAX_LOCAL_RANKS_PER_CORE * cores}); use fewer "
+                          f"ranks or a cluster site")
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if ranks * memory_per_rank > physical:
+        raise ConfigError(f"{field}: the job needs about {ranks * memory_per_rank / 2**30:.1f} "
+                          f"GB on {ranks} ranks, this machine has {physical / 2**30:.1f} GB; "
+                          f"use a coarser mesh or a cluster site")
 
 
 def _run_on_slurm(args, spec, site, ranks: int) -> int:
@@ -170,7 +215,8 @@ def _status(args) -> int:
 
 
 def _exec(args, in_process: bool = False) -> int:
-    """Run the job on COMM_WORLD (what a site launches). An error on any rank ends all."""
+    """Run the job on COMM_WORLD (what a site launches). An error on any rank, or SIGTERM or
+    SIGINT, ends every rank: temporary files removed, a one-line reason, a non-zero status."""
 
     # Debian's h5py loads its MPI build only when it sees an MPI launcher's variables,
     # which srun does not set (DESIGN.md): say so before anything imports h5py.
@@ -178,33 +224,50 @@ def _exec(args, in_process: bool = False) -> int:
     from mpi4py import MPI
 
     from .jobs.execution import run_job
+    from .jobs.signals import Interrupted, stop_on_signals
     from .jobs.spec import load_job_spec, read_job_text
-    from .parallel.distributed import decide_on_root
+    from .parallel.collective import decide_on_root
 
     comm = MPI.COMM_WORLD
     spec, root_pid = None, comm.bcast(os.getpid(), root=0)
     try:
-        # one rank reads the spec: every rank parses the same text
-        spec = load_job_spec(args.job, decide_on_root(comm, lambda: read_job_text(args.job)))
-        with _collective_lock(comm, spec.output):
-            summary = run_job(spec, comm, forward_only=args.forward_only)
-    except Exception as err:  # noqa: BLE001 - any error must end every rank, never hang
-        if comm.size == 1:
-            raise
-        code = 2 if isinstance(err, ConfigError) else 1
-        if code == 1:
-            traceback.print_exc()
+        with stop_on_signals():
+            # one rank reads the spec: every rank parses the same text
+            spec = load_job_spec(args.job, decide_on_root(comm, lambda: read_job_text(args.job)))
+            with _collective_lock(comm, spec):
+                summary = run_job(spec, comm, forward_only=args.forward_only)
+    except BaseException as err:  # noqa: BLE001 - any error must end every rank, never hang
         from .mesh.files import remove_temp_files
 
         if spec is not None:
-            remove_temp_files(spec.output, root_pid)
-        rank = f" (rank {comm.rank})"
-        print(f"fwimpi: {'error' if code == 2 else 'failed'}{rank}: {type(err).__name__}: {err}",
-              file=sys.stderr, flush=True)
+            try:
+                remove_temp_files(spec.output, root_pid)
+            except OSError:
+                pass
+        if comm.size == 1:
+            raise
+        if isinstance(err, Interrupted):
+            code = err.exit_status
+        elif isinstance(err, SystemExit):
+            code = err.code if isinstance(err.code, int) and err.code else 1
+        else:
+            code = 2 if isinstance(err, ConfigError) else 1
+        if not isinstance(err, (FwimpiError, OSError, MemoryError, SystemExit, Interrupted,
+                                KeyboardInterrupt)):
+            traceback.print_exc()  # a bug: show where
+        word = "error" if code == 2 else "interrupted" if isinstance(err, Interrupted) else "failed"
+        print(f"fwimpi: {word} (rank {comm.rank}): {_one_line(err)}", file=sys.stderr, flush=True)
         comm.Abort(code)
     if summary is not None and in_process:
         print(json.dumps(summary["simulation"], indent=2))
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    if isinstance(err, (ConfigError,)) or not text:
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}" if not isinstance(err, FwimpiError) else text
 
 
 def _compression_study(args) -> int:
@@ -214,7 +277,7 @@ def _compression_study(args) -> int:
     import numpy as np
     import yaml
 
-    from .jobs.spec import load_job_spec, parse_job_spec
+    from .jobs.spec import load_job_data, load_job_spec, parse_job_spec
     from .mesh.files import read_mesh_h5, write_json_atomic
 
     spec = load_job_spec(args.job)
@@ -225,7 +288,7 @@ def _compression_study(args) -> int:
     mapping = args.mapping or (spec.mappings[-1].name if spec.mappings else None)
     if mapping is not None and mapping not in {m.name for m in spec.mappings}:
         raise ConfigError(f"--mapping: no mapping '{mapping}' in the job spec")
-    base = yaml.safe_load(args.job.read_text())
+    base = load_job_data(args.job)  # the loader `run` uses
     study = spec.output / "compression"
     runs = {}
     for interval in args.intervals:
@@ -267,22 +330,31 @@ def _compression_study(args) -> int:
 
 
 @contextlib.contextmanager
-def _collective_lock(comm, output: Path):
-    """Rank 0 takes the output folder's lock (or finds it held by its launcher) and removes
-    the temp files of a killed run; every rank raises if it cannot."""
-    from .jobs.state import OutputLock, remove_stale_temp_files
+def _collective_lock(comm, spec):
+    """Rank 0 checks the output folder, takes its lock (or finds it held by its launcher),
+    names every rank's process in it and removes the temp files of a killed run; every rank
+    raises if it cannot."""
+    import socket
 
-    lock, error = OutputLock(output), None
-    if comm.rank == 0:
+    from .jobs.state import OutputLock, check_output_folder, remove_stale_temp_files
+    from .parallel.collective import decide_on_root
+
+    output = spec.output
+    lock = OutputLock(output, spec.name)
+    processes = comm.gather((socket.gethostname(), os.getpid()), root=0)
+
+    def take() -> None:
+        check_output_folder(output)
+        lock.__enter__()
         try:
-            lock.__enter__()
+            lock.add_processes(processes)
             for tmp in remove_stale_temp_files(output):
                 log.info("removed %s, left by an interrupted run", tmp)
-        except ConfigError as err:
-            error = str(err)
-    error = comm.bcast(error, root=0)
-    if error is not None:
-        raise ConfigError(error)
+        except OSError as err:
+            lock.__exit__(None, None, None)
+            raise ConfigError(f"output: cannot prepare {output}: {err.strerror or err}") from None
+
+    decide_on_root(comm, take)
     try:
         yield
     finally:
@@ -305,12 +377,17 @@ def _plot(args) -> int:
     suffix = f"_{args.field}" if args.field else ""
     suffix += f"_clip{args.clip:g}" if args.clip else ""
     target = args.output or args.file.with_name(f"{args.file.stem}{suffix}.png")
-    if fmt.startswith("fwimpi-receivers"):
-        plot_traces(args.file, target, args.event, args.field or "phi")
-    elif fmt.startswith("fwimpi-mesh"):
-        plot_field(args.file, target, args.field, args.clip, crop=not args.no_crop)
-    else:
+    if not (fmt.startswith("fwimpi-receivers") or fmt.startswith("fwimpi-mesh")):
         raise ConfigError(f"file: {args.file} is not an fwimpi mesh or receivers file")
+    try:
+        if fmt.startswith("fwimpi-receivers"):
+            plot_traces(args.file, target, args.event, args.field or "phi")
+        else:
+            plot_field(args.file, target, args.field, args.clip, crop=not args.no_crop)
+    except (OSError, KeyError, ValueError, TypeError, IndexError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"file: {args.file} cannot be plotted: {_one_line(err)}") from None
     print(target)
     return 0
 
@@ -322,10 +399,14 @@ def _export(args) -> int:
         raise ConfigError(f"file: no such file {args.file}")
     try:
         mesh = read_mesh_h5(args.file)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"file: {args.file} is not an fwimpi mesh file: {err}") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"file: {args.file} is not an fwimpi mesh file: "
+                          f"{_one_line(err)}") from None
     target = args.output or args.file.with_suffix(".vtu")
-    write_vtu(target, mesh.points, mesh.cells, mesh.order, mesh.fields, mesh.mass)
+    try:
+        write_vtu(target, mesh.points, mesh.cells, mesh.order, mesh.fields, mesh.mass)
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise ConfigError(f"file: {args.file} cannot be exported: {_one_line(err)}") from None
     print(target)
     return 0
 
@@ -335,13 +416,25 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.quiet)
     commands = {"validate": _validate, "run": _run, "exec": _exec, "plot": _plot,
                 "export": _export, "compression-study": _compression_study, "status": _status}
+    from .jobs.signals import Interrupted
+
     try:
         return commands[args.command](args)
     except ConfigError as err:
         print(f"fwimpi: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(f"fwimpi: {err}: the job stopped; finished products are kept and a rerun "
+              f"resumes", file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:
+        print("fwimpi: interrupted by SIGINT", file=sys.stderr)
+        return 130
     except FwimpiError as err:
         print(f"fwimpi: failed: {err}", file=sys.stderr)
+        return 1
+    except (OSError, MemoryError) as err:
+        print(f"fwimpi: failed: {_one_line(err)}", file=sys.stderr)
         return 1
 
 

@@ -12,3 +12,8 @@ class ConfigError(FwimpiError):
     ``simulation_configuration.tensor_order: must be 1..10, got 0``. The CLI turns it into
     exit status 2 before anything is written.
     """
+
+
+class NumericalError(FwimpiError):
+    """A computation produced non-finite values (a wavefield that blew up, a NaN misfit or
+    gradient): the job stops and records no product."""

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ..errors import FwimpiError
+from ..errors import FwimpiError, NumericalError
 from ..parallel.distributed import DistributedMesh
 from ..sem.absorbing import AbsorbingBoundaries
 from ..sem.acquisition import Event
@@ -84,7 +84,8 @@ class WaveSolver:
         self.stiffness = AcousticStiffness(mesh.geometry, mesh.ibool, m1)
         mass = m0 * mesh.weights
         self.stepper = LeapfrogStepper(self.stiffness, mass, mass * self.damping_rate, axis.dt,
-                                       mesh.assembler, mesh.work)
+                                       mesh.assembler, mesh.work,
+                                       mesh.all if mesh.comm.size > 1 else None)
         self.stable_dt = self._stable_dt(m0, m1)
         self._check_stable(self.stable_dt)
         self.buffer = WavefieldBuffer()
@@ -146,13 +147,18 @@ class WaveSolver:
         return self.stepper
 
     def forward(self, event: Event) -> Recording:
-        """Run one event from rest; this rank's receivers and their traces."""
+        """Run one event from rest; this rank's receivers and their traces. Raises
+        NumericalError on every rank if the wavefield becomes non-finite."""
         src, signals = self._signals(event)
         keep, rec = self.mesh.point_sampling(event.receiver_coordinates)
         stepper = self._stepper()
         traces = np.zeros((len(rec), self.axis.n_steps + 1))
         t0 = time.perf_counter()
-        stepper.advance(stepper.initial_state(), self.axis.n_steps, src, signals, rec, traces)
+        try:
+            stepper.advance(stepper.initial_state(), self.axis.n_steps, src, signals, rec,
+                            traces)
+        except NumericalError as err:
+            raise NumericalError(f"event {event.name}: {err}") from None
         return Recording(keep, traces, time.perf_counter() - t0)
 
     def gradient(self, event: Event, misfit: LocalMisfit, interval: int = 1,
@@ -164,7 +170,16 @@ class WaveSolver:
         ``spacing``, ``save(step, state)``, ``load(step) -> State`` and ``traces``: when its
         ``traces`` (all receivers, ``(R, n_steps + 1)``) are given, the forward run is not
         repeated and the adjoint recomputes the chunks from the stored states.
+        Raises NumericalError on every rank if a wavefield, the misfit or the gradient is
+        not finite.
         """
+        try:
+            return self._gradient(event, misfit, interval, chunk, checkpoints)
+        except NumericalError as err:
+            raise NumericalError(f"event {event.name}: {err}") from None
+
+    def _gradient(self, event: Event, misfit: LocalMisfit, interval: int, chunk: int | None,
+                  checkpoints) -> EventGradient:
         axis = self.axis
         src, signals = self._signals(event)
         keep, rec = self.mesh.point_sampling(event.receiver_coordinates)
@@ -187,11 +202,16 @@ class WaveSolver:
         t1 = time.perf_counter()
         j_part, adjoint_sources = misfit(keep, traces)
         j = self.mesh.sum(j_part)
+        if not (math.isfinite(j) and self.mesh.all(np.isfinite(adjoint_sources).all())):
+            raise NumericalError(f"the misfit is not finite ({j}): check the observed data "
+                                 f"and the traces")
         t2 = time.perf_counter()
         g0, g1, _ = stepper.adjoint(axis.n_steps, rec, adjoint_sources, wavefield)
         t3 = time.perf_counter()
         # dJ/dm0 = -w g0 / dt^2, dJ/dm1 = -g1 (LeapfrogStepper.adjoint)
         gradient = self.physics.chain_rule(self._model, -self.mesh.weights * g0 / axis.dt**2,
                                            -g1)
+        if not self.mesh.all(all(np.isfinite(g).all() for g in gradient.values())):
+            raise NumericalError("the gradient is not finite")
         return EventGradient(j, gradient, keep, traces, t1 - t0, t3 - t2,
                              wavefield.recomputed_steps, wavefield.peak_bytes)

@@ -1,1 +1,1 @@
-"""YAML job specs validated at the edge into typed, frozen configs."""
+"""Job specs, planning and running a job on ranks, sites (local, SLURM), the result cache, plots."""

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError
-from ..inversion.gradient import plan_chunks
+from ..errors import ConfigError, NumericalError
 from ..inversion.solver import ModelError, WaveSolver
 from ..mesh.files import ReceiverData, write_json_atomic, write_receivers_h5
-from ..parallel.checkpoints import EventCheckpoints
-from ..parallel.distributed import DistributedMesh, decide_on_root
+from ..parallel.checkpoints import EventCheckpoints, checkpoint_bytes
+from ..parallel.collective import decide_on_root
+from ..parallel.distributed import DistributedMesh
 from ..sem.acquisition import Event
 from .plan import JobPlan, plan_job
 from .postprocessing import map_and_smooth
@@ -43,7 +44,7 @@ def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
     root = comm.rank == 0
     out = Path(spec.output)
     gradients = spec.misfit is not None and not forward_only
-    hashes = product_hashes(spec, gradients)
+    hashes = decide_on_root(comm, lambda: product_hashes(spec, gradients))
     products = decide_on_root(comm, lambda: JobState.read(out, hashes).products)
     state = JobState(out, hashes, products)
     if state.all_done() and decide_on_root(comm, (out / "summary.json").is_file):
@@ -51,7 +52,7 @@ def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
             log.info("all products of job %s are already computed; not run again", spec.name)
             return json.loads((out / "summary.json").read_text())
         return None
-    plan = decide_on_root(comm, lambda: plan_job(spec, comm.size))
+    plan = decide_on_root(comm, lambda: plan_job(spec, comm.size, gradients))
     with DistributedMesh(comm, plan.mesh) as mesh:
         return _run(spec, plan, mesh, state, gradients)
 
@@ -65,7 +66,7 @@ def _run(spec: JobSpec, plan: JobPlan, mesh: DistributedMesh, state: JobState,
                             spec.simulation.absorbing)
     except ModelError as err:
         raise ConfigError(str(err)) from None
-    chunk = _chunk(spec, plan, mesh) if gradients else None
+    chunk = plan.chunk
     interval = spec.compression.forward_wavefield_sampling_interval
     if root:
         m = plan.mesh
@@ -77,8 +78,9 @@ def _run(spec: JobSpec, plan: JobPlan, mesh: DistributedMesh, state: JobState,
                      f"checkpoints every {chunk} steps, chunks recomputed")
     attrs = {"fwimpi_version": __version__, "job": spec.name, "job_spec": spec.resolved}
 
-    def write_fields(rel: str, fields: dict[str, np.ndarray], **extra) -> str:
-        mesh.write_fields(out / rel, fields, {**attrs, **extra})
+    def write_fields(rel: str, fields: dict[str, np.ndarray], kernels: bool = False,
+                     **extra) -> str:
+        mesh.write_fields(out / rel, fields, {**attrs, **extra}, kernels=kernels)
         return rel
 
     def reused(key: str, what: str) -> dict | None:
@@ -99,12 +101,13 @@ def _run(spec: JobSpec, plan: JobPlan, mesh: DistributedMesh, state: JobState,
     lo, hi = mesh.natural_range
     total = {p: np.zeros(hi - lo) for p in solver.physics.parameters}
     total_misfit = 0.0
+    summed = gradients and state.done("gradient") is None  # the summed gradient to write
     for event in spec.events:
         key = f"event/{event.name}"
         entry = reused(key, f"event {event.name}")
         if entry is None:
-            entry, fwd, adj, grad = _run_event(spec, plan, solver, event, gradients, chunk,
-                                               interval, progress, write_fields)
+            entry, fwd, adj, grad = _run_event(spec, plan, state, solver, event, gradients,
+                                               chunk, interval, progress, write_fields)
             seconds["forward"] += fwd
             seconds["adjoint"] += adj
             if root:
@@ -112,8 +115,8 @@ def _run(spec: JobSpec, plan: JobPlan, mesh: DistributedMesh, state: JobState,
                 state.record(key, files=files, summary=entry)
         else:
             entry = entry["summary"]
-            grad = mesh.read_fields(out / entry["gradient"]) if gradients else None
-        if gradients:
+            grad = mesh.read_fields(out / entry["gradient"]) if summed else None
+        if summed:
             total_misfit += entry["misfit"]
             for name in total:
                 total[name] += grad[name]
@@ -121,10 +124,15 @@ def _run(spec: JobSpec, plan: JobPlan, mesh: DistributedMesh, state: JobState,
                "events": {e.name: state.done(f"event/{e.name}")["summary"] if root else None
                           for e in spec.events},
                "mappings": {}, "smoothed": {}, "plots": []}
+    if summed:
+        write_fields("gradient.h5", total, kernels=True, kind="raw_gradient", event="sum",
+                     misfit=total_misfit, forward_wavefield_sampling_interval=interval)
+        if root:
+            state.record("gradient", files=["gradient.h5", "gradient.xdmf"], misfit=total_misfit)
+    elif gradients and root:
+        log.info("summed gradient: already computed; not run again")
     if gradients:
-        summary["gradient"] = write_fields("gradient.h5", total, kind="raw_gradient",
-                                           event="sum", misfit=total_misfit,
-                                           forward_wavefield_sampling_interval=interval)
+        summary["gradient"] = "gradient.h5"
     if gradients and spec.mappings:
         products = mesh.on_root(lambda: map_and_smooth(spec, state, out, attrs))
         summary.update(products or {})
@@ -141,32 +149,15 @@ def _run(spec: JobSpec, plan: JobPlan, mesh: DistributedMesh, state: JobState,
     return summary
 
 
-def _chunk(spec: JobSpec, plan: JobPlan, mesh: DistributedMesh) -> int:
-    """Checkpoint spacing from the per-rank memory budget, the same on every rank."""
-    points = int(mesh.max(mesh.n_local))
-    budget = spec.compression.memory_per_rank_in_mb * 2**20
-    try:
-        return plan_chunks(plan.axis.n_steps,
-                           spec.compression.forward_wavefield_sampling_interval, points, budget)
-    except ValueError as err:
-        raise ConfigError(f"wavefield_compression.memory_per_rank_in_mb: the gradient {err}"
-                          ) from None
-
-
-def _checkpoint_settings(spec: JobSpec, event: Event, plan: JobPlan, ranks: int,
-                         interval: int, spacing: int) -> dict:
-    """Everything an event's forward states depend on (JSON), to decide on reuse."""
-    resolved = spec.resolved
-    model = dict(resolved["model"])
-    if spec.model.file is not None:
-        stat = Path(spec.model.file).stat()
-        model["file_size"], model["file_mtime_ns"] = stat.st_size, stat.st_mtime_ns
+def _checkpoint_settings(spec: JobSpec, event: Event, plan: JobPlan, state: JobState,
+                         ranks: int, interval: int, spacing: int) -> dict:
+    """Everything an event's forward states depend on (JSON), to decide on reuse: the
+    model product's hash (domain, model and its file's content, simulation settings), the
+    event, the time axis, the decomposition and the sampling."""
     return {
         "fwimpi_version": __version__,
-        "domain": resolved["domain"],
-        "model": model,
-        "simulation_configuration": resolved["simulation_configuration"],
-        "event": next(e for e in resolved["events"] if e["event_name"] == event.name),
+        "model": state.hashes["model"],
+        "event": next(e for e in spec.resolved["events"] if e["event_name"] == event.name),
         "dt": plan.axis.dt,
         "n_steps": plan.axis.n_steps,
         "ranks_per_job": ranks,
@@ -183,8 +174,9 @@ def _local_misfit(spec: JobSpec, plan: JobPlan, event: Event):
         traces, None if observed is None else observed[keep], dt)
 
 
-def _run_event(spec: JobSpec, plan: JobPlan, solver: WaveSolver, event: Event, gradients: bool,
-               chunk: int | None, interval: int, progress: Progress, write_fields):
+def _run_event(spec: JobSpec, plan: JobPlan, state: JobState, solver: WaveSolver, event: Event,
+               gradients: bool, chunk: int | None, interval: int, progress: Progress,
+               write_fields):
     """Collective: simulate one event (and its gradient); write its receivers (rank 0) and
     gradient. Returns (summary entry, forward s, adjoint s, gradient natural slices)."""
     mesh, axis = solver.mesh, plan.axis
@@ -198,8 +190,9 @@ def _run_event(spec: JobSpec, plan: JobPlan, solver: WaveSolver, event: Event, g
     if gradients:
         checkpoints = EventCheckpoints(
             mesh, out / "checkpoints" / f"{event.name}.h5",
-            _checkpoint_settings(spec, event, plan, comm.size, interval, chunk), chunk,
-            f"event {event.name}")
+            _checkpoint_settings(spec, event, plan, state, comm.size, interval, chunk), chunk,
+            f"event {event.name}", checkpoint_bytes(mesh.n_global, -(-axis.n_steps // chunk),
+                                                    n_receivers, axis.n_steps))
         result = solver.gradient(event, _local_misfit(spec, plan, event), interval=interval,
                                  chunk=chunk, checkpoints=checkpoints)
         keep, traces, fwd = result.receivers_kept, result.traces, result.forward_seconds
@@ -207,7 +200,8 @@ def _run_event(spec: JobSpec, plan: JobPlan, solver: WaveSolver, event: Event, g
         entry["misfit"] = result.misfit
         grad = {p: mesh.to_natural(g) for p, g in result.gradient.items()}
         entry["gradient"] = write_fields(
-            str(Path("events") / event.name / "gradient.h5"), grad, kind="raw_gradient",
+            str(Path("events") / event.name / "gradient.h5"), grad, kernels=True,
+            kind="raw_gradient",
             event=event.name, misfit=result.misfit,
             forward_wavefield_sampling_interval=interval)
     else:
@@ -233,6 +227,9 @@ def _run_event(spec: JobSpec, plan: JobPlan, solver: WaveSolver, event: Event, g
         if spec.misfit is not None and not gradients:
             entry["misfit"] = _local_misfit(spec, plan, event)(
                 np.arange(n_receivers), traces)[0]
+            if not math.isfinite(entry["misfit"]):
+                raise NumericalError(f"event {event.name}: the misfit is not finite "
+                                     f"({entry['misfit']})")
         if "misfit" in entry:
             log.info("event %s: misfit %s = %.6e", event.name, spec.misfit.misfit_function,
                      entry["misfit"])

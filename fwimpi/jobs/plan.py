@@ -17,15 +17,27 @@ from ..errors import ConfigError
 from ..mesh.files import ReceiverData, read_receivers_h5
 from ..mesh.model import ModelEvaluator
 from ..mesh.structured import MeshTooLarge, StructuredMesh, mesh_for_model
-from ..parallel.decomposition import decompose
+from ..inversion.gradient import plan_chunks
+from ..inversion.mapping import EventGeometry
+from ..parallel.decomposition import decompose, local_point_counts
 from ..sem.acquisition import Event
 from ..sem.timestepper import COURANT_FACTOR, TimeAxis, stable_time_step
 from .spec import JobSpec
 
 #: The largest mesh a job may ask for (points): about 2 GB of model and wavefield per field.
 MAX_POINTS = 50_000_000
+#: The most time steps a job may ask for.
+MAX_STEPS = 10_000_000
+#: The most trace samples (receivers times samples) of one event: 2 GB as float64 on rank 0.
+MAX_TRACE_SAMPLES = 250_000_000
 #: Receivers of observed data match the spec's within this distance (m), by position.
 POSITION_TOLERANCE = 1e-3
+#: Memory (bytes) per local point of a running rank: model, coefficients, fields, operator
+#: (measured on the tutorial mesh, rounded up), and per global point (the mesh's points,
+#: kept on every rank), plus what every rank takes before any array (the imports).
+BYTES_PER_LOCAL_POINT = 400
+BYTES_PER_GLOBAL_POINT = 40
+BASE_BYTES_PER_RANK = 250 * 2**20
 
 
 @dataclass(frozen=True)
@@ -33,7 +45,9 @@ class JobPlan:
     """What a run of a job derives from its spec: the mesh (sized from the starting model,
     kept for the whole job), the model evaluator, the CFL limit ``stable_dt`` (s) of the
     starting model, the fixed time axis, and each event's observed traces ``(R, n_steps + 1)``
-    in the order of the spec's receivers (empty without observed data). Picklable."""
+    in the order of the spec's receivers (empty without observed data); for gradients the
+    checkpoint spacing ``chunk`` (steps) under the memory budget; the largest rank's local
+    points and its estimated memory (bytes). Picklable."""
 
     mesh: StructuredMesh
     model: ModelEvaluator
@@ -41,6 +55,9 @@ class JobPlan:
     stable_dt: float
     axis: TimeAxis
     observed: dict[str, np.ndarray]
+    chunk: int | None
+    max_local_points: int
+    memory_per_rank: int
 
     def describe(self) -> dict:
         """The derived sizes that ``fwimpi validate`` prints and ``summary.json`` records."""
@@ -50,13 +67,17 @@ class JobPlan:
             "n_points": mesh.n_points, "element_size_m": [mesh.hx, mesh.hy],
             "absorbing_margin_m": mesh.margin, "min_velocity_m_per_s": self.min_velocity,
             "dt": self.axis.dt, "stable_dt": self.stable_dt, "n_steps": self.axis.n_steps,
+            "max_points_per_rank": self.max_local_points,
+            "memory_per_rank_mb_estimate": round(self.memory_per_rank / 2**20, 1),
         }
 
 
-def plan_job(spec: JobSpec, ranks: int) -> JobPlan:
-    """Check everything about ``spec`` on ``ranks`` ranks and derive the plan. Raises
-    ConfigError naming the field."""
+def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None) -> JobPlan:
+    """Check everything about ``spec`` on ``ranks`` ranks and derive the plan; ``gradients``
+    (default: the spec has a misfit) plans the gradient's memory too. Every size is bounded
+    before it is allocated. Raises ConfigError naming the field."""
     sim = spec.simulation
+    gradients = spec.misfit is not None if gradients is None else gradients
     model = ModelEvaluator(spec.model, spec.domain.box)
     margin = sim.absorbing.width_in_meters if sim.absorbing else 0.0
     try:
@@ -67,8 +88,10 @@ def plan_job(spec: JobSpec, ranks: int) -> JobPlan:
         raise ConfigError(
             f"simulation_configuration.elements_per_wavelength: the mesh would have "
             f"{err.n_points} points (at most {MAX_POINTS}); lower elements_per_wavelength or "
-            f"max_frequency_in_hertz") from None
-    decompose(mesh, ranks)  # rejects more ranks than the mesh can take
+            f"max_frequency_in_hertz, or check the units of the model (m/s)") from None
+    except (OverflowError, ValueError, MemoryError) as err:
+        raise ConfigError(f"domain: cannot mesh this domain and model: {err}") from None
+    part = decompose(mesh, ranks).part  # rejects more ranks than the mesh can take
     stable = starting_stable_dt(mesh, model)
     dt = sim.time_step_in_seconds
     if dt is not None and dt > stable:
@@ -76,17 +99,92 @@ def plan_job(spec: JobSpec, ranks: int) -> JobPlan:
             f"simulation_configuration.time_step_in_seconds: {dt:g} s exceeds the CFL "
             f"stability limit {stable:.4g} s of this mesh and model; leave it "
             f"out to use {COURANT_FACTOR * stable:.4g} s")
-    axis = TimeAxis.covering(sim.end_time_in_seconds, COURANT_FACTOR * stable if dt is None
-                             else dt)
+    dt = COURANT_FACTOR * stable if dt is None else dt
+    steps = sim.end_time_in_seconds / dt
+    if not steps < MAX_STEPS + 1:
+        raise ConfigError(
+            f"simulation_configuration.end_time_in_seconds: {sim.end_time_in_seconds:g} s needs "
+            f"{steps:.3g} steps of {dt:.4g} s, more than {MAX_STEPS:,}")
+    axis = TimeAxis.covering(sim.end_time_in_seconds, dt)
+    if axis.n_steps < 1:
+        raise ConfigError(
+            f"simulation_configuration.end_time_in_seconds: {sim.end_time_in_seconds:g} s is "
+            f"less than one time step ({dt:.4g} s)")
+    with np.errstate(all="ignore"):
+        signal = sim.wavelet(axis.times)
+    if not np.isfinite(signal).all():
+        raise ConfigError("simulation_configuration.wavelet: the source time function is not "
+                          "finite at the time steps; check time_shift_in_seconds")
+    for i, event in enumerate(spec.events):
+        for k, source in enumerate(event.sources):
+            with np.errstate(all="ignore"):
+                peak = abs(source.f) * np.abs(signal).max()
+            if not math.isfinite(peak):
+                raise ConfigError(f"events[{i}].sources[{k}].f: {source.f:g} times the wavelet "
+                                  f"overflows")
+        samples = len(event.receivers) * (axis.n_steps + 1)
+        if samples > MAX_TRACE_SAMPLES:
+            raise ConfigError(
+                f"events[{i}].receivers: {len(event.receivers)} receivers of {axis.n_steps + 1} "
+                f"samples are {samples:,} values, more than {MAX_TRACE_SAMPLES:,}")
+    _check_postprocessing(spec, mesh)
+    local = int(local_point_counts(mesh.nex, mesh.ney, mesh.order, part).max())
+    chunk = _chunk(spec, axis, local) if gradients else None
+    memory = (BASE_BYTES_PER_RANK + BYTES_PER_GLOBAL_POINT * mesh.n_points
+              + BYTES_PER_LOCAL_POINT * local
+              + (spec.compression.memory_per_rank_in_mb * 2**20 if gradients else 0))
     observed = read_observed(spec, axis)
-    return JobPlan(mesh, model, vmin, stable, axis, observed)
+    return JobPlan(mesh, model, vmin, stable, axis, observed, chunk, local, int(memory))
+
+
+def _chunk(spec: JobSpec, axis: TimeAxis, local_points: int) -> int:
+    """Checkpoint spacing from the per-rank memory budget (the largest rank's points)."""
+    budget = spec.compression.memory_per_rank_in_mb * 2**20
+    try:
+        return plan_chunks(axis.n_steps, spec.compression.forward_wavefield_sampling_interval,
+                           local_points, budget)
+    except ValueError as err:
+        raise ConfigError(f"wavefield_compression.memory_per_rank_in_mb: the gradient {err}"
+                          ) from None
+
+
+def _check_postprocessing(spec: JobSpec, mesh: StructuredMesh) -> None:
+    """What would fail after the simulations: regions of interest evaluated on the mesh
+    (finite everywhere), smoothing lengths within reach of the mesh."""
+    events = EventGeometry.from_events(spec.events)
+    for mapping in spec.mappings:
+        mapping.masks(mesh.points, events)  # a non-finite region of interest raises
+    if spec.smoothing is not None:
+        e = mesh.extended
+        reach = 10.0 * max(e.x1 - e.x0, e.y1 - e.y0)
+        for name, sigma in spec.smoothing.smoothing_lengths_in_meters.items():
+            if max(sigma) > reach:
+                raise ConfigError(
+                    f"smoothing.smoothing_lengths_in_meters.{name}: {list(sigma)} m, more than "
+                    f"10 times the mesh ({reach / 10:g} m): it would smooth the gradient to "
+                    f"its mean")
 
 
 def starting_stable_dt(mesh: StructuredMesh, model: ModelEvaluator) -> float:
-    """The leapfrog stability limit (s) of ``model`` on ``mesh`` (element eigenvalue bound)."""
-    m0, m1 = model.physics.coefficients(model(mesh.points))
-    ibool = mesh.ibool()
-    return stable_time_step(mesh.geometry(), m0[ibool], m1[ibool])
+    """The leapfrog stability limit (s) of ``model`` on ``mesh`` (element eigenvalue bound).
+    Raises ConfigError when the model's wave-equation coefficients are not usable numbers
+    (e.g. a density of 1e300 kg/m^3)."""
+    values = model(mesh.points)
+    with np.errstate(all="ignore"):
+        m0, m1 = model.physics.coefficients(values)
+        for name, c in (("m0 = 1/(rho vp^2)", m0), ("m1 = 1/rho", m1)):
+            bad = ~np.isfinite(c) | (c < np.finfo(float).tiny) | (c > 1.0 / np.finfo(float).tiny)
+            if bad.any():
+                k = int(np.flatnonzero(bad)[0])
+                raise ConfigError(
+                    f"model: VP = {values['VP'][k]:g} m/s, RHO = {values['RHO'][k]:g} kg/m^3 at "
+                    f"x={mesh.points[k, 0]:g}, y={mesh.points[k, 1]:g} make the coefficient "
+                    f"{name} = {c[k]:g} unusable; check the model's values and units")
+        ibool = mesh.ibool()
+        stable = stable_time_step(mesh.geometry(), m0[ibool], m1[ibool])
+    if not (math.isfinite(stable) and stable > 0):
+        raise ConfigError(f"model: no stable time step for this model ({stable:g} s)")
+    return stable
 
 
 def read_observed(spec: JobSpec, axis: TimeAxis) -> dict[str, np.ndarray]:
@@ -97,9 +195,10 @@ def read_observed(spec: JobSpec, axis: TimeAxis) -> dict[str, np.ndarray]:
         return {}
     field = "misfit_configuration.observed_data"
     try:
-        data = read_receivers_h5(misfit.observed_data)
+        data = read_receivers_h5(misfit.observed_data, tuple(e.name for e in spec.events))
     except (OSError, ValueError, KeyError) as err:
-        raise ConfigError(f"{field}: cannot read {misfit.observed_data}: {err}") from None
+        raise ConfigError(f"{field}: cannot read {misfit.observed_data}: "
+                          f"{' '.join(str(err).split())}") from None
     out = {}
     for event in spec.events:
         if event.name not in data:
@@ -114,7 +213,14 @@ def read_observed(spec: JobSpec, axis: TimeAxis) -> dict[str, np.ndarray]:
                 f"{field}: event '{event.name}' needs '{misfit.receiver_field}' traces of "
                 f"{n} samples at dt={axis.dt:.6g} s, got {got} samples at dt={rec.dt:.6g} s")
         rows = match_receivers(event, rec, f"{field}: event '{event.name}'")
-        out[event.name] = np.ascontiguousarray(traces[rows])
+        matched = np.ascontiguousarray(traces[rows])
+        bad = ~np.isfinite(matched)
+        if bad.any():
+            r, n = (int(v[0]) for v in np.nonzero(bad))
+            raise ConfigError(f"{field}: event '{event.name}': the trace of receiver "
+                              f"{event.receivers[r].station} has a non-finite value "
+                              f"({matched[r, n]}) at sample {n}")
+        out[event.name] = matched
     return out
 
 

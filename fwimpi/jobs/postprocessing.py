@@ -7,8 +7,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
+from ..errors import NumericalError
 from ..inversion.postprocess import map_event_gradients, smooth_gradient
-from ..mesh.files import read_mesh_h5, write_mesh_h5
+from ..mesh.files import read_mesh_h5, with_kernels, without_kernels, write_mesh_h5
 from .plotting import plot_field
 from .spec import JobSpec
 from .state import JobState
@@ -30,7 +33,10 @@ def map_and_smooth(spec: JobSpec, state: JobState, out: Path, attrs: dict) -> di
     products = {"mappings": {}, "smoothed": {}, "plots": []}
 
     def write(key: str, rel: str, fields: dict, **extra) -> None:
-        write_mesh_h5(out / rel, points, cells, mass, fields, {**attrs, "nprocs": 1, **extra})
+        if not all(np.isfinite(v).all() for v in fields.values()):
+            raise NumericalError(f"{rel}: the gradient is not finite")
+        write_mesh_h5(out / rel, points, cells, mass, with_kernels(fields, mass),
+                      {**attrs, "nprocs": 1, **extra})
         plots = []
         for clip in PLOT_CLIPS:
             png = Path(rel).with_suffix("").as_posix() + (f"_clip{clip:g}" if clip else "") + ".png"
@@ -51,8 +57,9 @@ def map_and_smooth(spec: JobSpec, state: JobState, out: Path, attrs: dict) -> di
             log.info("mapping %s: already computed; not run again", mapping.name)
         else:
             if raw is None:
-                raw = {e.name: read_mesh_h5(out / state.done(f"event/{e.name}")["summary"]
-                                            ["gradient"]).fields for e in spec.events}
+                raw = {e.name: without_kernels(read_mesh_h5(
+                    out / state.done(f"event/{e.name}")["summary"]["gradient"]).fields)
+                    for e in spec.events}
             fields = map_event_gradients(mapping, raw, model.fields, points, spec.events)
             write(key, f"mappings/{mapping.name}.h5", fields, kind="mapped_gradient",
                   mapping=mapping.name, scaling=mapping.scaling)
@@ -64,7 +71,8 @@ def map_and_smooth(spec: JobSpec, state: JobState, out: Path, attrs: dict) -> di
         if state.done(key) is not None:
             log.info("smoothing of %s: already computed; not run again", name)
         else:
-            mapped = read_mesh_h5(out / state.done(f"mapping/{name}")["path"]).fields
+            mapped = without_kernels(read_mesh_h5(out / state.done(f"mapping/{name}")["path"]
+                                                  ).fields)
             smoothed = smooth_gradient(spec.smoothing, mapped, points, cells, mass, model.order)
             write(key, f"smoothed/{name}.h5", smoothed, kind="smoothed_gradient", mapping=name,
                   smoothing_lengths_in_meters=dict(spec.smoothing.smoothing_lengths_in_meters))

@@ -107,11 +107,21 @@ class LocalSite:
 
 # SLURM values that reach an #SBATCH line (fwimpi.jobs.slurm validates paths and names)
 _PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_TIME_LIMIT = re.compile(r"\d+|\d+:\d\d|\d+:\d\d:\d\d|\d+-\d+(:\d\d(:\d\d)?)?|UNLIMITED|INFINITE")
+_TIME_LIMIT = re.compile(r"\d+|\d+:\d\d|\d+:\d\d:\d\d|\d+-\d+(:\d\d(:\d\d)?)?|UNLIMITED|INFINITE",
+                         re.ASCII)  # ASCII digits only
 _DIRECTIVE = re.compile(r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:=/+@-]+)?")
 # set by fwimpi itself from the job and the site: not allowed among the extra directives
 RESERVED_DIRECTIVES = ("job-name", "partition", "time", "account", "ntasks", "output", "error",
                        "chdir", "overcommit", "parsable", "wrap")
+
+
+def reserved_option(option: str) -> str | None:
+    """The reserved sbatch option that ``option`` (a long option's name) sets, also when it
+    abbreviates it (sbatch accepts any unambiguous prefix: ``--out`` for ``--output``)."""
+    for reserved in RESERVED_DIRECTIVES:
+        if reserved.startswith(option):
+            return reserved
+    return None
 
 
 @dataclass(frozen=True)
@@ -199,8 +209,9 @@ def _slurm_site(name: str, data: dict, launcher: str, arguments: tuple[str, ...]
                               f"--name or --name=value (value from A-Z a-z 0-9 _ . , : = / + @ -), "
                               f"got {d!r}")
         option = d[2:].split("=", 1)[0]
-        if option in RESERVED_DIRECTIVES:
-            raise ConfigError(f"site '{name}'.directives[{i}]: --{option} is set by fwimpi "
+        reserved = reserved_option(option)
+        if reserved is not None:
+            raise ConfigError(f"site '{name}'.directives[{i}]: --{reserved} is set by fwimpi "
                               f"(from the job or the site's own keys), got {d!r}")
     template = _batch_template(name, data.get("batch_template"), folder)
     return SlurmSite(name, partition, time_limit, account, tuple(directives), launcher, arguments,

@@ -32,6 +32,7 @@ from pathlib import Path
 from ..errors import ConfigError, FwimpiError
 from ..mesh.files import atomic_path, write_json_atomic
 from .sites import CONFIGS, SlurmSite
+from .state import mark_output_folder
 
 #: the shipped batch script template (package data)
 TEMPLATE = CONFIGS.joinpath("slurm_batch.sh")
@@ -96,7 +97,7 @@ def check_path(path, field: str) -> str:
 def _check_site(site: SlurmSite) -> None:
     """Re-check the site values that reach the script (a SlurmSite may be built by hand)."""
     from .sites import (_ARGUMENT, _DIRECTIVE, _PARTITION, _TIME_LIMIT,  # noqa: PLC0415
-                        RESERVED_DIRECTIVES)
+                        reserved_option)
 
     if not isinstance(site, SlurmSite):
         raise ConfigError(f"site: a SLURM site is needed, got {type(site).__name__}")
@@ -111,7 +112,7 @@ def _check_site(site: SlurmSite) -> None:
         if not isinstance(value, str) or not pattern.fullmatch(value):
             raise ConfigError(f"{where}.{field}: invalid value {value!r}")
     for i, d in enumerate(site.directives):
-        if d[2:].split("=", 1)[0] in RESERVED_DIRECTIVES:
+        if reserved_option(d[2:].split("=", 1)[0]) is not None:
             raise ConfigError(f"{where}.directives[{i}]: {d!r} is set by fwimpi")
     check_job_name(site.name, "site")
 
@@ -301,6 +302,7 @@ def run_on_slurm(site: SlurmSite, job_path: Path, spec_name: str, output_dir: Pa
     cores = partition_cpus(site.partition)
     text = render_batch_script(site, job_path, spec_name, output_dir, ranks, forward_only,
                                cores=cores)
+    mark_output_folder(output_dir, spec_name)  # the batch script is the folder's first file
     folder = slurm_dir(output_dir)
     script = folder / f"{spec_name}.sbatch"
     with atomic_path(script) as tmp:

@@ -15,6 +15,7 @@ import math
 import numbers
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -24,7 +25,7 @@ import numpy as np
 import yaml
 
 from fwimpi.errors import ConfigError
-from fwimpi.inversion.mapping import Mapping, MappingError
+from fwimpi.inversion.mapping import SCALINGS, Mapping, MappingError
 from fwimpi.inversion.smoothing import ConstantSmoothing, SmoothingError
 from fwimpi.mesh.model import ModelSource
 from fwimpi.mesh.structured import Box
@@ -40,11 +41,13 @@ __all__ = ("AbsorbingBoundaries", "Compression", "Domain", "Event", "JobSpec", "
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 RECEIVER_FIELDS = ("phi",)
-SCALINGS = ("absolute", "relative_deviation_from_prior", "logarithmic")
 MAX_LINSPACE_POINTS = 1_000_000
 #: Default memory for the gradient's forward wavefield, per rank: with it the tutorial's
 #: gradient run peaks at 1.8x the forward run's memory (scripts/bench_gradient).
 DEFAULT_MEMORY_PER_RANK_MB = 128.0
+MAX_MEMORY_PER_RANK_MB = 1e7  # 10 TB
+#: Mapping names may not end like the suffix of the PNGs of another mapping.
+_CLIP_SUFFIX = re.compile(r"_clip[0-9.eE+-]*$")
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -162,31 +165,75 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+#: The largest job-spec file read (bytes), and the most YAML nodes it may expand to
+#: (aliases counted at every use, so an alias bomb is refused before it is built).
+MAX_SPEC_BYTES = 10 * 2**20
+MAX_YAML_NODES = 1_000_000
+
+
 def read_job_text(path: str | os.PathLike) -> str:
-    """The text of the job spec at ``path``. Raises ConfigError."""
+    """The text of the job spec at ``path``: a regular file of at most MAX_SPEC_BYTES,
+    UTF-8. Raises ConfigError."""
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})"
-                          ) from None
+        with open(path, "rb", opener=_open_nonblocking) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"{path}: cannot read job spec: not a regular file")
+            raw = f.read(MAX_SPEC_BYTES + 1)
+    except ConfigError:
+        raise
     except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise ConfigError(f"{path}: cannot read job spec: {reason}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise ConfigError(f"{path}: cannot read job spec: larger than "
+                          f"{MAX_SPEC_BYTES // 2**20} MB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})"
+                          ) from None
 
 
-def load_job_spec(path: str | os.PathLike, text: str | None = None) -> JobSpec:
-    """Read, parse and validate the YAML job spec at `path` (or its already read ``text``);
-    relative paths in it are resolved against its folder. Raises ConfigError."""
+def _open_nonblocking(path, flags):
+    """Open without blocking on a FIFO (whose reader would wait for a writer)."""
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Nodes of a composed YAML graph with every alias expanded (memoised: polynomial time)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 1  # cycles (recursive aliases) count once
+        if isinstance(node, yaml.SequenceNode):
+            memo[key] = 1 + sum(_expanded_size(n, memo) for n in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[key] = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo)
+                                for k, v in node.value)
+    return memo[key]
+
+
+def load_job_data(path: str | os.PathLike, text: str | None = None) -> dict:
+    """The YAML mapping of the job spec at ``path`` (or its ``text``), read with fwimpi's
+    safe loader: no Python tags, no duplicate keys, 1e-3 read as a number, at most
+    MAX_YAML_NODES nodes once aliases are expanded. Raises ConfigError."""
     path = Path(path)
     if text is None:
         text = read_job_text(path)
     try:
         loader = _Loader(text)  # a SafeLoader: no Python tags are ever constructed
         try:
-            data = loader.get_single_data()
+            node = loader.get_single_node()
+            if node is not None:
+                size = _expanded_size(node, {})
+                if size > MAX_YAML_NODES:
+                    raise ConfigError(f"{path}: the YAML expands to {size:.3g} nodes with its "
+                                      f"aliases (at most {MAX_YAML_NODES:,})")
+            data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
+    except ConfigError:
+        raise
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -199,12 +246,19 @@ def load_job_spec(path: str | os.PathLike, text: str | None = None) -> JobSpec:
         char = f"#x{err.character:04x}" if isinstance(err.character, int) else err.character
         raise ConfigError(f"{path}: line {line}: invalid YAML: unacceptable character "
                           f"{char}") from None
-    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as err:
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError, MemoryError) as err:
         raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values, "
                           f"got {_show(data)}")
-    return parse_job_spec(data, base_dir=path.parent)
+    return data
+
+
+def load_job_spec(path: str | os.PathLike, text: str | None = None) -> JobSpec:
+    """Read, parse and validate the YAML job spec at `path` (or its already read ``text``);
+    relative paths in it are resolved against its folder. Raises ConfigError."""
+    path = Path(path)
+    return parse_job_spec(load_job_data(path, text), base_dir=path.parent)
 
 
 def parse_job_spec(data: dict, base_dir: str | os.PathLike) -> JobSpec:
@@ -294,13 +348,14 @@ def _event(data, path, domain) -> Event:
     name = _name(d["event_name"], f"{path}.event_name")
     sources = tuple(_source(s, f"{path}.sources[{i}]", domain)
                     for i, s in enumerate(_list(d["sources"], f"{path}.sources")))
-    receivers = []
+    receivers, stations = [], set()
     for i, item in enumerate(_list(d["receivers"], f"{path}.receivers")):
         item_path = f"{path}.receivers[{i}]"
         for receiver in _receiver_set(item, item_path, domain, first_index=len(receivers)):
-            if any(r.station == receiver.station for r in receivers):
+            if receiver.station in stations:
                 _fail(item_path, f"duplicate station name {receiver.station!r} in event "
                                  f"{name!r}, station names must be unique", item)
+            stations.add(receiver.station)
             receivers.append(receiver)
     return Event(name, sources, tuple(receivers))
 
@@ -436,13 +491,17 @@ def _compression(data, path) -> Compression:
     return Compression(
         _opt(d, path, "forward_wavefield_sampling_interval", 1,
              lambda v, p: _number(v, p, integer=True, lo=1, hi=1_000_000)),
-        _opt(d, path, "memory_per_rank_in_mb", DEFAULT_MEMORY_PER_RANK_MB, lambda v, p: _number(v, p, positive=True)))
+        _opt(d, path, "memory_per_rank_in_mb", DEFAULT_MEMORY_PER_RANK_MB,
+             lambda v, p: _number(v, p, positive=True, hi=MAX_MEMORY_PER_RANK_MB)))
 
 
 def _mappings(data, path) -> tuple[Mapping, ...]:
     mappings = []
     for i, item in enumerate(_list(data, path)):
         mapping = _mapping_config(item, f"{path}[{i}]")
+        if _CLIP_SUFFIX.search(mapping.name):
+            _fail(f"{path}[{i}].name", "must not end in _clip<number>, the suffix of the "
+                                       "clipped PNGs of a mapping", mapping.name)
         if any(m.name == mapping.name for m in mappings):
             _fail(f"{path}[{i}].name", "duplicate mapping name, names must be unique",
                   mapping.name)
@@ -615,7 +674,7 @@ def _number(value, path, *, integer=False, lo=None, hi=None, positive=False):
     """A finite float (ints accepted) or, with `integer`, an int; bools are refused."""
     kind = "an integer" if integer else "a finite number"
     if positive:
-        kind += " > 0"
+        kind += " > 0" if hi is None else f" > 0 and <= {hi:g}"
     elif lo is not None and hi is not None:
         kind += f" in {lo}..{hi}"
     elif lo is not None:

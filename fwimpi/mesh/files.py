@@ -4,7 +4,7 @@ Mesh results: HDF5 with ``/mesh/points (P, 2)``, ``/mesh/cells (E, (N+1)**2)``,
 ``/mesh/quads (E*N*N, 4)``, ``/mesh/mass (P,)`` and ``/fields/<NAME> (P,)``, plus an XDMF 3
 sidecar that ParaView opens. Receivers: one HDF5 file per event file, ``/<event>/<field>
 (R, S)``, ``/<event>/coordinates (R, 2)``, ``/<event>/stations (R,)``. Every writer is atomic:
-it writes ``.<name>.tmp<pid>`` beside the target and renames it only on success.
+it writes ``.<name>.fwimpi-tmp<pid>`` beside the target and renames it only on success.
 
 Layout pieces (``mesh_layout``, ``encode_attrs``, ``xdmf_text``, ``temp_path``) are separate so
 the rank-parallel writers can create the same datasets collectively and write their slices.
@@ -101,9 +101,28 @@ def _json_default(obj):
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     """Write ``obj`` as JSON (indent 2, sorted keys; numpy scalars/arrays and paths allowed)."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- gradient kernels
+
+#: A gradient file's ``/fields/<NAME>_kernel`` is ``/fields/<NAME>`` divided by the mass: the
+#: smooth field that plots and ParaView show (the mass-weighted gradient looks like a
+#: checkerboard of elements).
+KERNEL_SUFFIX = "_kernel"
+
+
+def with_kernels(fields: Mapping[str, np.ndarray], mass: np.ndarray) -> dict[str, np.ndarray]:
+    """``fields`` and, for each, ``<name>_kernel = field / mass`` (same shapes)."""
+    return {**fields, **{f"{k}{KERNEL_SUFFIX}": np.asarray(v) / mass for k, v in fields.items()}}
+
+
+def without_kernels(fields: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``fields`` less the ``<name>_kernel`` fields derived from them."""
+    return {k: v for k, v in fields.items()
+            if not (k.endswith(KERNEL_SUFFIX) and k[: -len(KERNEL_SUFFIX)] in fields)}
 
 
 # --------------------------------------------------------------------------- checks, attributes
@@ -418,17 +437,62 @@ def write_receivers_h5(
                 _write_event(f.create_group(name), data)
 
 
-def read_receivers_h5(path: str | os.PathLike) -> dict[str, ReceiverData]:
-    """Read a file written by ``write_receivers_h5``: event name -> ReceiverData."""
+#: The most samples (traces times samples) one event of a receivers file may declare: checked
+#: from the datasets' shapes before anything is read (2 GB as float64).
+MAX_TRACE_VALUES = 250_000_000
+
+
+def read_receivers_h5(path: str | os.PathLike,
+                      events: tuple[str, ...] | None = None) -> dict[str, ReceiverData]:
+    """Read a file written by ``write_receivers_h5``: event name -> ReceiverData (only the
+    ``events`` named, when given). Datasets are checked (kind, shape, size at most
+    ``MAX_TRACE_VALUES``) before they are read; anything missing, dangling or malformed
+    raises FileFormatError naming it."""
     with h5py.File(path, "r") as f:
         _check_format(path, decode_attrs(f.attrs), RECEIVERS_FORMAT)
-        return {
-            name: ReceiverData(
-                traces={k: ds[()] for k, ds in g.items() if k not in _EVENT_RESERVED},
-                coordinates=g["coordinates"][()],
-                dt=float(g.attrs["dt"]),
-                start_time=float(g.attrs["start_time"]),
-                stations=tuple(g["stations"].asstr()[()]),
-            )
-            for name, g in f.items()
-        }
+        out = {}
+        for name in f:
+            if events is not None and name not in events:
+                continue
+            try:
+                out[name] = _read_event(f, name)
+            except FileFormatError:
+                raise
+            except (KeyError, OSError, ValueError, TypeError, RuntimeError) as err:
+                raise FileFormatError(f"{path}: event '{name}': {' '.join(str(err).split())}"
+                                      ) from None
+        return out
+
+
+def _dataset(group: h5py.Group, key: str, where: str) -> h5py.Dataset:
+    """``group[key]`` if it is a readable dataset (not a dangling link) of bounded size."""
+    link = group.get(key, getlink=True)
+    if link is None:
+        raise FileFormatError(f"{where}: no dataset '{key}'")
+    obj = group.get(key)
+    if not isinstance(obj, h5py.Dataset):
+        raise FileFormatError(f"{where}: '{key}' is not a dataset (a dangling link or a group)")
+    if obj.shape is None or int(np.prod(obj.shape, dtype=np.float64)) > MAX_TRACE_VALUES:
+        raise FileFormatError(f"{where}: dataset '{key}' declares shape {obj.shape}, more "
+                              f"than {MAX_TRACE_VALUES:,} values")
+    return obj
+
+
+def _read_event(f: h5py.File, name: str) -> ReceiverData:
+    where = f"{f.filename}: event '{name}'"
+    g = f.get(name)
+    if not isinstance(g, h5py.Group):
+        raise FileFormatError(f"{where}: not a group")
+    for key in ("dt", "start_time"):
+        if key not in g.attrs:
+            raise FileFormatError(f"{where}: no attribute '{key}'")
+    coords = _dataset(g, "coordinates", where)
+    stations = _dataset(g, "stations", where)
+    traces = {k: _dataset(g, k, where) for k in g if k not in _EVENT_RESERVED}
+    return ReceiverData(
+        traces={k: ds[()] for k, ds in traces.items()},
+        coordinates=coords[()],
+        dt=float(g.attrs["dt"]),
+        start_time=float(g.attrs["start_time"]),
+        stations=tuple(stations.asstr()[()]),
+    )

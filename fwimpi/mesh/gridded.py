@@ -22,6 +22,9 @@ NETCDF3_SIGNATURES = (b"CDF\x01", b"CDF\x02")
 # netCDF-4 marks a dimension that has no coordinate variable with this NAME attribute.
 _NC_DIM_ONLY = "This is a netCDF dimension but not a netCDF variable"
 OUTSIDE_TOLERANCE = 1e-9  # relative to the larger extent of the grid
+#: The most values one variable of a model file may hold (800 MB as float64): checked from
+#: its declared shape before anything is read.
+MAX_VALUES = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,10 @@ def _netcdf3_variables(f) -> list[_Var]:
 
 def _values(var: _Var, path: str, field: str) -> np.ndarray:
     """Raw values as float64 with CF packing applied; missing or NaN values raise."""
+    size = int(np.prod(var.shape, dtype=np.float64))
+    if size > MAX_VALUES:
+        raise ConfigError(f"{field}: variable '{var.name}' in '{path}' declares {size:,} values "
+                          f"(shape {tuple(var.shape)}), more than {MAX_VALUES:,}")
     raw = np.asarray(var.read())
     data = raw.astype(np.float64)
     missing = ~np.isfinite(data)

@@ -55,6 +55,21 @@ def partition_elements(nex: int, ney: int, hx: float, hy: float, nparts: int) ->
     return part.ravel()
 
 
+def local_point_counts(nex: int, ney: int, order: int, part: np.ndarray) -> np.ndarray:
+    """Local points (owned and ghosts) of each rank ``(nparts,)``: the GLL points of the
+    rectangle of elements it holds (the parts of ``partition_elements`` are rectangles)."""
+    ex, ey = np.arange(nex * ney) % nex, np.arange(nex * ney) // nex
+    n = int(part.max()) + 1
+    span = []
+    for coord in (ex, ey):
+        lo = np.full(n, np.iinfo(np.int64).max)
+        hi = np.full(n, -1)
+        np.minimum.at(lo, part, coord)
+        np.maximum.at(hi, part, coord)
+        span.append(hi - lo + 1)
+    return (span[0] * order + 1) * (span[1] * order + 1)
+
+
 @dataclass(frozen=True)
 class Decomposition:
     """Global facts of a decomposition, the same on every rank.

@@ -27,40 +27,11 @@ from ..mesh.structured import StructuredMesh
 from ..sem.geometry import point_weights
 from ..sem.operators import assembled_sum
 from ..sem.timestepper import PointSampling
+from .collective import _rebuild, decide_on_root, watchdog
+
+__all__ = ("DistributedMesh", "decide_on_root")
 from .decomposition import decompose, local_part
 from .petsc import HaloExchange, NaturalOrder
-
-
-def decide_on_root(comm, step: Callable[[], object]):
-    """Run ``step()`` on rank 0 and give its result to every rank; an error there is raised
-    on every rank (the same FwimpiError type and message). Collective on comm.
-
-    For every decision taken from a file (a plan, a state file): one rank reads, so ranks
-    that would read differently cannot take different branches and hang.
-    """
-    outcome, error = None, None
-    if comm.rank == 0:
-        try:
-            outcome = (True, step())
-        except Exception as err:  # noqa: BLE001 - raised below, on every rank
-            error = err
-            cls = type(err) if isinstance(err, FwimpiError) else FwimpiError
-            text = str(err) if isinstance(err, FwimpiError) else f"{type(err).__name__}: {err}"
-            outcome = (False, (cls, text))
-    ok, value = comm.bcast(outcome, root=0)
-    if ok:
-        return value
-    if error is not None:
-        raise error
-    raise _rebuild(*value)
-
-
-def _rebuild(cls: type, message: str) -> FwimpiError:
-    """An exception of ``cls`` with ``message`` (FwimpiError if ``cls`` needs more)."""
-    try:
-        return cls(message)
-    except TypeError:
-        return FwimpiError(message)
 
 
 class DistributedMesh:
@@ -155,17 +126,21 @@ class DistributedMesh:
         """``obj`` of rank ``root`` on every rank. Collective."""
         return self.comm.bcast(obj, root=root)
 
-    def agree(self, error: BaseException | None) -> None:
-        """Collective: raise on every rank if any rank passes an error (the first one's
-        type when it is an FwimpiError, with its message and rank)."""
-        errors = self.comm.allgather(None if error is None else (type(error), str(error)))
-        for rank, item in enumerate(errors):
+    def agree(self, error: BaseException | None, what: str = "a step") -> None:
+        """Collective: raise on every rank if any rank passes an error: the error itself on
+        its rank, one of the same type (an FwimpiError), naming its rank, on the others. A
+        rank with an error waits for the others under the watchdog (``collective``)."""
+        mine = None if error is None else (type(error), str(error))
+        if error is None:
+            items = self.comm.allgather(mine)
+        else:
+            with watchdog(self.comm, f"{what}: {type(error).__name__}: {error}"):
+                items = self.comm.allgather(mine)
+        for rank, item in enumerate(items):
             if item is not None:
                 if error is not None:
                     raise error
-                cls, message = item
-                cls = cls if issubclass(cls, FwimpiError) else FwimpiError
-                raise _rebuild(cls, f"{message} (on rank {rank})")
+                raise _rebuild(item[0], f"{item[1]} (on rank {rank})")
 
     def on_root(self, step: Callable[[], object]):
         """Run ``step()`` on rank 0 while the others wait; an error there is raised on every
@@ -229,27 +204,39 @@ class DistributedMesh:
 
     # ------------------------------------------------------------------ files
 
-    def write_fields(self, path: Path, fields: dict[str, np.ndarray], attrs: dict) -> None:
-        """Write a mesh file of ``fields`` (natural slices) atomically. Collective."""
+    @property
+    def natural_weights(self) -> np.ndarray:
+        """This rank's natural slice of the weights ``w`` (the files' ``/mesh/mass``)."""
+        if not hasattr(self, "_natural_weights"):
+            self._natural_weights = self.to_natural(self.weights)
+        return self._natural_weights
+
+    def write_fields(self, path: Path, fields: dict[str, np.ndarray], attrs: dict,
+                     kernels: bool = False) -> None:
+        """Write a mesh file of ``fields`` (natural slices) atomically; ``kernels`` adds
+        ``<name>_kernel = field / w`` (gradients). Collective."""
+        from ..mesh.files import with_kernels
         from .h5io import block_range, write_mesh_h5_collective
 
         mesh = self.mesh
         lo, hi = self.natural_range
         elo, ehi = block_range(mesh.n_elements, self.comm)
-        if not hasattr(self, "_natural_weights"):
-            self._natural_weights = self.to_natural(self.weights)
+        if kernels:
+            fields = with_kernels(fields, self.natural_weights)
         write_mesh_h5_collective(
             self.comm, path, n_points=mesh.n_points, point_range=(lo, hi),
-            points=mesh.points[lo:hi], mass=self._natural_weights, fields=fields,
+            points=mesh.points[lo:hi], mass=self.natural_weights, fields=fields,
             n_elements=mesh.n_elements, element_range=(elo, ehi), cells=mesh.cells[elo:ehi],
             order=mesh.order, attrs=attrs)
 
     def read_fields(self, path: Path) -> dict[str, np.ndarray]:
-        """This rank's natural slices of a mesh file's fields. Collective."""
+        """This rank's natural slices of a mesh file's fields (less derived kernels).
+        Collective."""
+        from ..mesh.files import without_kernels
         from .h5io import read_mesh_h5_collective
 
         fields, _, _ = read_mesh_h5_collective(self.comm, path, self.natural_range)
-        return fields
+        return without_kernels(fields)
 
     # ------------------------------------------------------------------ lifetime
 

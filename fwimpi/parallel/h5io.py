@@ -2,20 +2,23 @@
 
 Files hold points in the natural (mesh) order. Each rank owns a contiguous slice of points
 ``[lo, hi)`` and of elements ``[elo, ehi)``; the slices tile the ranges in rank order and may be
-empty. Every rank opens the file with ``driver="mpio"``, creates the same datasets (collective
-metadata) and writes or reads its rows with collective transfers. The only extra root attribute
-is ``nprocs``, the number of ranks that wrote the file.
+empty. Every rank opens the file with ``driver="mpio"`` and creates the same datasets
+(collective metadata); each writes or reads its own rows with independent transfers, so that
+no rank ever waits inside HDF5 for a rank whose transfer failed.
 
-Failure never deadlocks: everything that can fail on one rank alone (shapes, ranges, names,
-attributes, disagreement between ranks) is checked before the file is opened and agreed with an
-``allgather``, so every rank raises the same error. A write is atomic like the serial one: all
-ranks write root's ``.<name>.tmp<pid>``; after the collective close the ranks agree on success,
-then rank 0 writes the XDMF sidecar and renames the file, or removes the temporary file.
+Failure never deadlocks:
 
-h5py quirk: ``dset[lo:hi] = a`` (and ``dset[lo:hi]``) returns without calling HDF5 when the
-selection is empty, so a rank with an empty slice would skip a collective transfer and hang the
-others. Rows therefore move through the low-level API with an explicit collective transfer
-property list and a "none" selection for empty slices.
+- everything that can fail on one rank alone (shapes, ranges, names, attributes, disagreement
+  between ranks, room on the disk) is checked before the file is opened and agreed, so every
+  rank raises the same error and nothing is written;
+- a transfer that fails on one rank (a full disk, an I/O error) is agreed before the next
+  collective call (the collective close), and raised on every rank; the temporary file is
+  removed; a rank that saw the failure waits for the others under a watchdog
+  (``collective.agree``) that ends the job rather than hang.
+
+A write is atomic like the serial one: all ranks write root's ``.<name>.fwimpi-tmp<pid>``;
+after the collective close the ranks agree on success, then rank 0 writes the XDMF sidecar
+and renames the file, or removes the temporary file.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import h5py
 import numpy as np
 
 from fwimpi.errors import FwimpiError
+from fwimpi.parallel.collective import CollectiveIOError, agree, check_free_space, watchdog
 from fwimpi.mesh.files import (
     _MESH_RESERVED,
     MESH_FORMAT,
@@ -44,10 +48,6 @@ from fwimpi.mesh.files import (
 _RESERVED = _MESH_RESERVED + ("nprocs",)
 
 
-class CollectiveIOError(FwimpiError, OSError):
-    """A collective read or write failed on at least one rank (raised on every rank)."""
-
-
 def block_range(n: int, comm) -> tuple[int, int]:
     """This rank's slice ``[lo, hi)`` of ``n`` items split in contiguous blocks over ``comm``.
 
@@ -62,19 +62,6 @@ def block_range(n: int, comm) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- agreement
-
-
-def _agree(comm, error: BaseException | None, what: str, cls: type[FwimpiError]) -> None:
-    """Collective on comm: if any rank passes an error, raise ``cls`` naming them on all ranks."""
-    errors = comm.allgather(None if error is None else f"{type(error).__name__}: {error}")
-    by_message: dict[str, list[int]] = {}
-    for rank, msg in enumerate(errors):
-        if msg is not None:
-            by_message.setdefault(msg, []).append(rank)
-    if by_message:
-        raise cls(f"{what} failed on {sum(map(len, by_message.values()))} of {comm.size} "
-                  "rank(s): " + "; ".join(f"rank {','.join(map(str, ranks))}: {msg}"
-                                          for msg, ranks in by_message.items())) from error
 
 
 def _check_tiling(what: str, ranges, n: int) -> None:
@@ -105,35 +92,17 @@ def _check_driver(comm) -> None:
         )
 
 
-def _collective_dxpl():
-    """Collective transfer property list, or None (default) without MPI."""
-    if not h5py.get_config().mpi:
-        return None
-    dxpl = h5py.h5p.create(h5py.h5p.DATASET_XFER)
-    dxpl.set_dxpl_mpio(h5py.h5fd.MPIO_COLLECTIVE)
-    return dxpl
+def _write_rows(dset: h5py.Dataset, start: int, arr: np.ndarray) -> None:
+    """Independent write of rows ``[start, start + len(arr))`` (nothing for no rows)."""
+    if len(arr):
+        dset[start:start + len(arr)] = arr
 
 
-def _spaces(dset: h5py.Dataset, start: int, shape: tuple[int, ...]):
-    """Memory and file dataspaces of rows ``[start, start + shape[0])``; none if empty."""
-    mspace = h5py.h5s.create_simple(shape)
-    fspace = dset.id.get_space()
-    if np.prod(shape, dtype=np.int64) > 0:
-        fspace.select_hyperslab((start,) + (0,) * (len(shape) - 1), shape)
-    else:  # still take part in the collective transfer
-        mspace.select_none()
-        fspace.select_none()
-    return mspace, fspace
-
-
-def _write_rows(dset: h5py.Dataset, start: int, arr: np.ndarray, dxpl) -> None:
-    dset.id.write(*_spaces(dset, start, arr.shape), arr, dxpl=dxpl)
-
-
-def _read_rows(dset: h5py.Dataset, start: int, stop: int, dxpl) -> np.ndarray:
-    arr = np.empty((stop - start,) + dset.shape[1:], dtype=dset.dtype)
-    dset.id.read(*_spaces(dset, start, arr.shape), arr, dxpl=dxpl)
-    return arr
+def _read_rows(dset: h5py.Dataset, start: int, stop: int) -> np.ndarray:
+    """Independent read of rows ``[start, stop)``."""
+    if stop > start:
+        return dset[start:stop]
+    return np.empty((0,) + dset.shape[1:], dtype=dset.dtype)
 
 
 # --------------------------------------------------------------------------- writer
@@ -229,34 +198,59 @@ def write_mesh_h5_collective(
                 )
         except FileFormatError as exc:
             error = exc
-    _agree(comm, error, what, FileFormatError)
+    agree(comm, error, what, FileFormatError)
 
+    check_free_space(comm, path.parent, _nbytes(layout), what)
     tmp = temp_path(path, pid=comm.bcast(os.getpid() if comm.rank == 0 else None, root=0))
+    f = None
     try:
-        with _open(comm, tmp, "w") as f:
+        try:
+            f = _open(comm, tmp, "w")
             f.attrs.update(root)
             f.create_group("fields")
             for name, (shape, dtype) in layout.items():
                 f.create_dataset(name, shape=shape, dtype=dtype)
-            dxpl = _collective_dxpl()
+        except Exception as exc:  # noqa: BLE001 - agreed, raised on every rank
+            error = exc
+        agree(comm, error, what, CollectiveIOError)
+        try:
             for name, (start, arr) in slices.items():
-                _write_rows(f[name], start, arr, dxpl)
-    except Exception as exc:  # noqa: BLE001
-        error = exc
-    failed = any(comm.allgather(error is not None))  # after the collective close: a barrier
+                _write_rows(f[name], start, arr)
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+        agree(comm, error, what, CollectiveIOError)  # before the collective close
+        opened, f = f, None
+        try:
+            opened.close()
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+        agree(comm, error, what, CollectiveIOError)
+    except CollectiveIOError:
+        if f is not None:  # every rank knows of the failure: close together, or end the job
+            with watchdog(comm, f"{what}: closing the file after a failure"):
+                try:
+                    f.close()
+                except Exception:  # noqa: BLE001 - the failure is already being raised
+                    pass
+        if comm.rank == 0:
+            tmp.unlink(missing_ok=True)
+        raise
     if comm.rank == 0:
         try:
-            if failed:
-                tmp.unlink(missing_ok=True)
-            else:
-                text = xdmf_text(path.name, n_points, n_elements * order * order, fields)
-                with atomic_path(path.with_suffix(".xdmf")) as tmp_xdmf:
-                    tmp_xdmf.write_text(text, encoding="utf-8")
-                os.replace(tmp, path)
+            text = xdmf_text(path.name, n_points, n_elements * order * order, fields)
+            with atomic_path(path.with_suffix(".xdmf")) as tmp_xdmf:
+                tmp_xdmf.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
         except Exception as exc:  # noqa: BLE001
             tmp.unlink(missing_ok=True)
-            error = error or exc
-    _agree(comm, error, what, CollectiveIOError)
+            error = exc
+    agree(comm, error, what, CollectiveIOError)
+
+
+def _nbytes(layout: dict) -> int:
+    """Bytes of the datasets of a mesh file's ``layout`` (name -> (shape, dtype))."""
+    return sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+               for shape, dtype in layout.values())
 
 
 # --------------------------------------------------------------------------- reader
@@ -307,15 +301,15 @@ def read_mesh_h5_collective(
         except FileFormatError as exc:
             error = exc
     try:
-        _agree(comm, error, what, FileFormatError)
-        (lo, hi), dxpl = mine[0], _collective_dxpl()
+        agree(comm, error, what, FileFormatError)
+        lo, hi = mine[0]
         try:
-            mass = _read_rows(f["mesh/mass"], lo, hi, dxpl)
-            fields = {name: _read_rows(f["fields"][name], lo, hi, dxpl) for name in names}
+            mass = _read_rows(f["mesh/mass"], lo, hi)
+            fields = {name: _read_rows(f["fields"][name], lo, hi) for name in names}
         except Exception as exc:  # noqa: BLE001
             error = exc
     finally:
         if f is not None:  # collective close (the open is collective: all or none have f)
             f.close()
-    _agree(comm, error, what, CollectiveIOError)
+    agree(comm, error, what, CollectiveIOError)
     return fields, mass, attrs

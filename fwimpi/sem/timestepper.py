@@ -16,9 +16,14 @@ from typing import Callable
 import numba
 import numpy as np
 
+from ..errors import NumericalError
 from .geometry import ElementGeometry
 from .gll import derivative_matrix
 from .operators import AcousticStiffness
+
+#: Steps between two checks that the wavefield is finite (a pass over it: ~0.5% of a step's
+#: cost each time); a field that blows up is caught within this many steps.
+FINITE_CHECK_EVERY = 128
 
 #: Fraction of the leapfrog stability limit used for a CFL-derived time step: at 0.8 the
 #: time (dispersion) error of the leapfrog scheme dominated the spatial one by 20x at the
@@ -62,6 +67,14 @@ def _update(u, u_old, ku, cu, co, cf, u_new):
     for i in range(u.shape[0]):
         u_new[i] = cu[i] * u[i] + co[i] * u_old[i] - cf[i] * ku[i]
         ku[i] = 0.0
+
+
+@numba.njit(cache=True)
+def _all_finite(u):
+    for i in range(u.shape[0]):
+        if not np.isfinite(u[i]):
+            return False
+    return True
 
 
 @numba.njit(cache=True)
@@ -111,6 +124,9 @@ class LeapfrogStepper:
     ``mass`` and ``damping`` are the assembled diagonals ``M`` and ``C``; ``dt`` in s.
     ``assemble(a)`` sums shared-point values across subdomains in place (None: serial);
     ``work (P,)`` is the array it acts on most cheaply, used for ``K u - f``.
+    ``all_ranks(flag) -> bool`` is True when ``flag`` holds on every subdomain (None: serial):
+    every ``FINITE_CHECK_EVERY`` steps the field is checked to be finite, and a non-finite
+    field raises NumericalError on every subdomain alike, naming the step.
     Sources are rows of a ``PointSampling`` with one signal each, ``signals (S, >= n)``
     sampled at the steps (``f[n]`` at ``t_n``).
     """
@@ -123,6 +139,7 @@ class LeapfrogStepper:
         dt: float,
         assemble: Callable[[np.ndarray], None] | None = None,
         work: np.ndarray | None = None,
+        all_ranks: Callable[[bool], bool] | None = None,
     ):
         self.stiffness = stiffness
         self.dt = float(dt)
@@ -130,6 +147,7 @@ class LeapfrogStepper:
         self.cu, self.co, self.cf, self.half_dt_d = (np.empty(self.n_points) for _ in range(4))
         self.set_coefficients(mass, damping)
         self.assemble = assemble
+        self.all_ranks = all_ranks
         # the array K u - f accumulates into: the halo exchange's own buffer if it has one
         self.work = np.zeros(self.n_points) if work is None else work
         #: ``progress(steps_done)`` after every step of ``advance`` and ``adjoint`` (or None)
@@ -151,9 +169,20 @@ class LeapfrogStepper:
         one, idx, w = np.zeros(1), np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1))
         _update(one, one, one.copy(), one, one, one, one.copy())
         _sample(one, idx, w, np.zeros((1, 1)), 0)
+        _all_finite(one)
         _inject(one, idx, w, w, 0)
         _adjoint_update(one, one, one.copy(), one, one, one, one.copy(), one.copy(), one, one)
         self.stiffness.add(np.zeros(self.n_points), np.zeros(self.n_points))
+
+    def _check_finite(self, u: np.ndarray, step: int, what: str) -> None:
+        """Raise NumericalError (on every subdomain) if ``u`` is not finite everywhere."""
+        ok = _all_finite(u)
+        if self.all_ranks is not None:
+            ok = self.all_ranks(ok)
+        if not ok:
+            raise NumericalError(f"the {what} became non-finite by step {step} "
+                                 f"(t = {step * self.dt:.6g} s): the model, the source amplitudes "
+                                 f"or the time step make the simulation blow up")
 
     def initial_state(self) -> State:
         """Rest: ``u[0] = u[-1] = 0``."""
@@ -196,6 +225,8 @@ class LeapfrogStepper:
                 on_step(n + 1, u, u_old)
             if self.progress is not None:
                 self.progress(n + 1)
+            if (n + 1) % FINITE_CHECK_EVERY == 0 or n + 1 == n_end:
+                self._check_finite(u, n + 1, "wavefield")
         state.u, state.u_old, state.n = u, u_old, n_end
         return state
 
@@ -267,6 +298,8 @@ class LeapfrogStepper:
             v_old, v, v_new = v, v_new, v_old
             if self.progress is not None:
                 self.progress(j + 1)
+            if (j + 1) % FINITE_CHECK_EVERY == 0 or j + 1 == n:
+                self._check_finite(v, j + 1, "adjoint wavefield")
         g1 = self.stiffness.point_values(acc, self.n_points)
         if self.assemble is not None:
             self.assemble(g1)

@@ -4,7 +4,7 @@
 
 MODE ``write``: write ``DIR/mesh_np{N}.h5`` (block_range slices) and ``DIR/mesh_np{N}_uneven.h5``
 (rank 0 owns nothing); ``read``: read ``DIR/mesh_np4.h5`` with both splits and check the slices;
-``fail``: rank 1 passes a field one value short; ``fail-io``: rank 1 fails after its collective
+``fail``: rank 1 passes a field one value short; ``fail-io``: rank 1 fails after its
 writes (an I/O error before the rename); both record which error each rank raised in
 ``DIR/raised.json`` before re-raising. Checks are agreed with an allgather, so every rank raises
 the same error and nothing hangs.
@@ -106,9 +106,9 @@ def fail(comm, mode, directory):
 
     real = h5io._write_rows
 
-    def failing(dset, start, arr, dxpl):
-        real(dset, start, arr, dxpl)
-        if comm.rank == 1 and dset.name == "/fields/kernel":  # the last collective write
+    def failing(dset, start, arr):
+        real(dset, start, arr)
+        if comm.rank == 1 and dset.name == "/fields/kernel":  # the last write
             raise OSError("injected I/O error")
 
     if mode == "fail-io":
