@@ -1,4 +1,5 @@
-"""Absorbing margins: energy reflected back into the region of interest below 1% of the incident.
+"""Absorbing margins: energy reflected back into the region of interest, at the README's level
+(1.6e-4 of the incident in total, 2.3e-3 at the worst receiver; 6.8e-2 without damping).
 
 The tutorial's setup (domain 3000 m x 1000 m, vp = 1500 - y, rho = 1000 - y, source at
 (500, -500), Ricker 5 Hz, order 4, 75 m elements, 1400 m margins damped for a reference
@@ -101,23 +102,31 @@ def test_reference_is_free_of_wall_reflections(runs):
     _, bigger = run(reference_mesh(REFERENCE_MARGIN + 1000.0), 0.0, runs["dt"])
     total, _ = reflection_ratios(runs["reference"], bigger)
     print(f"\nreference vs a 1000 m larger reference: ratio {total:.1e}")
-    assert total < 1e-12
+    # measured 2.0e-28 (an energy ratio: amplitudes agree to 1e-14, round-off)
+    assert total < 1e-24
 
 
-def test_absorbing_margins_reflect_below_one_percent(runs):
+def test_absorbing_margins_reflect_at_the_measured_level(runs):
     ref = runs["reference"]
     assert np.abs(ref).max() > 0.0
     total, per = reflection_ratios(runs["absorbing"], ref)
     worst = int(np.argmax(per))
     print(f"\nabsorbing margins: reflected/incident energy {total:.2e}; worst receiver "
           f"{per[worst]:.2e} at {tuple(RECEIVERS[worst])}; dt={runs['dt']:.4g} s")
-    assert total < 1e-2
-    # no single receiver sees a strong reflection either (measured 0.8% at the corner)
-    assert per.max() < 5e-2
+    # README: 1.6e-4 in total (measured 1.56e-4); the runs are deterministic, so the 1.3x
+    # margin only absorbs round-off and small changes of the time step
+    assert total < 2e-4
+    # no single receiver sees a strong reflection either: the worst is the bottom-right
+    # corner of the domain, next to two margins (README 2.3e-3, measured 2.34e-3)
+    assert per.max() < 3e-3
+    assert tuple(RECEIVERS[worst]) == (DOMAIN.x1, DOMAIN.y0)
 
 
-def test_undamped_margins_reflect_far_above_one_percent(runs):
+def test_undamped_margins_reflect_far_more(runs):
     # Same mesh, no damping: the margin walls reflect everything; the measure must see it.
     total, per = reflection_ratios(runs["undamped"], runs["reference"])
     print(f"\nundamped margins: reflected/incident energy {total:.2e}; worst receiver {per.max():.2e}")
-    assert total > 3e-2
+    assert total > 5e-2  # README 6.8e-2, measured 6.84e-2
+    # the damping is what removes it: 400 times less with it
+    absorbed, _ = reflection_ratios(runs["absorbing"], runs["reference"])
+    assert total > 300 * absorbed

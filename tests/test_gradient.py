@@ -78,27 +78,60 @@ def test_taylor(parameter, chunk, reference):
     rel = abs(central[-1] - predicted) / abs(predicted)
     print(f"{parameter} chunk={chunk}: directional derivative {predicted:.10e}, central FD "
           f"{central[-1]:.10e}, relative difference {rel:.2e}, remainder slope {slope:.3f}")
-    assert rel < 1e-6
-    assert 1.9 < slope < 2.1
+    # README: 8.8e-8 (VP), 3.5e-7 (RHO), slope 2.000; measured 8.79e-8, 3.53e-7 and 2.000,
+    # 2.001 (the same with checkpoints). The difference is the central differences' own
+    # O(h^2) error, deterministic; the bounds leave a factor of about 2.
+    assert rel < {"vp": 2e-7, "rho": 6e-7}[parameter]
+    assert 1.99 < slope < 2.01
 
 
 def test_checkpointed_gradient_equals_in_memory_gradient(reference):
     _, full = reference
     _, chunked = gradient(chunk=300)
-    assert np.allclose(chunked.gradient["VP"], full.gradient["VP"], rtol=0,
-                       atol=1e-13 * np.abs(full.gradient["VP"]).max())
+    # README: "identical either way"; measured bitwise equal (the recomputed chunks repeat
+    # the same operations), so only round-off-sized differences are allowed
+    for p in ("VP", "RHO"):
+        assert np.allclose(chunked.gradient[p], full.gradient[p], rtol=0,
+                           atol=1e-15 * np.abs(full.gradient[p]).max())
     assert chunked.wavefield_bytes < full.wavefield_bytes / 2
 
 
-@pytest.mark.parametrize("interval", [5, 10, 20])
-def test_compression_changes_the_gradient_a_little(interval, reference):
+# Relative L2 difference of dJ/dVP against interval 1 measured with this test's set-up
+# (checkpoints every 20 intervals): 6.345e-3, 2.590e-2, 1.001e-1, the README's 0.63%, 2.6% and
+# 10% (measured there with the 128 MB budget's chunks: the chunking does not change it).
+# The runs are deterministic; the bounds allow 25% either way.
+COMPRESSION = {5: 6.35e-3, 10: 2.59e-2, 20: 1.00e-1}
+
+
+@pytest.fixture(scope="module")
+def compression(reference):
+    """{interval: (relative L2 difference of dJ/dVP against interval 1, compressed result)}"""
     _, full = reference
-    _, compressed = gradient(interval=interval, chunk=20 * interval)
-    a, b = compressed.gradient["VP"], full.gradient["VP"]
-    diff = np.linalg.norm(a - b) / np.linalg.norm(b)
-    print(f"interval {interval}: relative L2 difference of dJ/dVP {diff:.3e}")
-    assert 0 < diff < 0.5
-    assert compressed.misfit == full.misfit
+    out = {}
+    for interval in COMPRESSION:
+        _, compressed = gradient(interval=interval, chunk=20 * interval)
+        a, b = compressed.gradient["VP"], full.gradient["VP"]
+        out[interval] = (np.linalg.norm(a - b) / np.linalg.norm(b), compressed)
+        print(f"interval {interval}: relative L2 difference of dJ/dVP {out[interval][0]:.3e}")
+    return out
+
+
+@pytest.mark.parametrize("interval", list(COMPRESSION))
+def test_compression_changes_the_gradient_a_little(interval, reference, compression):
+    _, full = reference
+    diff, compressed = compression[interval]
+    assert diff > 0
+    assert 0.8 * COMPRESSION[interval] < diff < 1.25 * COMPRESSION[interval]
+    assert compressed.misfit == full.misfit  # the forward run itself is not compressed
+
+
+def test_compression_error_grows_like_the_interval_squared(compression):
+    """Linear interpolation between stored steps: the error grows with the interval, about
+    4x per doubling (measured 4.08 from 5 to 10, 3.87 from 10 to 20)."""
+    diffs = [compression[i][0] for i in sorted(compression)]
+    assert diffs[0] < diffs[1] < diffs[2]
+    for small, large in zip(diffs, diffs[1:]):
+        assert 3.0 < large / small < 5.0
 
 
 def test_plan_chunks():

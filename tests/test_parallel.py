@@ -120,27 +120,75 @@ def test_gradients_equal_the_one_rank_gradients(runs, n):
         assert np.isclose(f.attrs["misfit"], summary["events"]["ev1"]["misfit"], rtol=1e-12)
 
 
-def test_checkpoints_are_reused_only_with_the_same_settings(runs):
-    folder = runs[2].parent
-    before = read(runs[2] / "events/ev1/gradient.h5", "/fields/VP")
+def test_checkpoints_are_reused_only_with_the_same_settings(runs, tmp_path):
+    # A copy of the 2-rank run: the rerun on 3 ranks below must not turn the shared 2-rank
+    # products into 3-rank ones (the comparisons with one rank would then test 3 ranks).
+    folder = tmp_path / "np2"
+    shutil.copytree(runs[2].parent, folder)
+    out = folder / "out"
+    before = read(out / "events/ev1/gradient.h5", "/fields/VP")
     cached = mpirun(2, "-m", "fwimpi.cli", "exec", str(folder / "job.yaml"))
     assert cached.returncode == 0 and "already computed; not run again" in cached.stderr
-    (runs[2] / ".fwimpi-state.json").unlink()  # forget the products, keep the checkpoints
+    (out / ".fwimpi-state.json").unlink()  # forget the products, keep the checkpoints
     again = mpirun(2, "-m", "fwimpi.cli", "exec", str(folder / "job.yaml"))
     assert again.returncode == 0, again.stderr
     assert "checkpoints of an earlier run reused" in again.stderr
-    after = read(runs[2] / "events/ev1/gradient.h5", "/fields/VP")
+    after = read(out / "events/ev1/gradient.h5", "/fields/VP")
     assert np.allclose(after, before, rtol=0, atol=1e-13 * np.abs(before).max())
-    (runs[2] / ".fwimpi-state.json").unlink()
+    (out / ".fwimpi-state.json").unlink()
     other = mpirun(3, "-m", "fwimpi.cli", "exec", str(folder / "job.yaml"))
     assert other.returncode == 0, other.stderr
     assert "ranks_per_job 2 -> 3" in other.stderr and "runs again" in other.stderr
-    assert np.allclose(read(runs[2] / "events/ev1/gradient.h5", "/fields/VP"), before,
+    assert np.allclose(read(out / "events/ev1/gradient.h5", "/fields/VP"), before,
                        rtol=0, atol=1e-12 * np.abs(before).max())
+    with h5py.File(out / "events/ev1/gradient.h5", "r") as f:
+        assert f.attrs["nprocs"] == 3  # really recomputed on 3 ranks
+
+
+def assert_products_of_an_n_rank_run(out: Path, n: int) -> None:
+    """The mapped and smoothed files in ``out`` derive from gradients computed on ``n`` ranks.
+
+    Rank 0 writes them alone (``nprocs`` 1), so their own attributes cannot say so. Instead:
+    the summary says ``n`` ranks, the model and raw gradients carry ``nprocs = n``, and the
+    mapped and smoothed values are exactly those of these raw gradients: ``map_a`` (absolute
+    scaling, 0/1 cutout) is the raw dJ/dVP where it is not cut out, ``map_b`` (relative to
+    the prior) the raw gradient times the prior model, and the smoothed file the smoothing
+    of that ``map_b`` (recomputed here). The raw gradients of different rank counts differ in
+    the last bits, so products of another run fail these equalities.
+    """
+    from fwimpi.inversion.postprocess import smooth_gradient
+    from fwimpi.jobs.spec import load_job_spec
+    from fwimpi.mesh.files import read_mesh_h5
+
+    assert json.loads((out / "summary.json").read_text())["simulation"]["ranks"] == n
+    for rel in ("model.h5", "events/ev1/gradient.h5", "gradient.h5"):
+        with h5py.File(out / rel, "r") as f:
+            assert f.attrs["nprocs"] == n, rel
+    raw = read_mesh_h5(out / "events/ev1/gradient.h5").fields
+    prior = read_mesh_h5(out / "model.h5").fields
+    map_a = read_mesh_h5(out / "mappings/map_a.h5").fields["VP"]
+    kept = map_a != 0
+    assert 0 < kept.sum() < len(map_a)
+    assert np.array_equal(map_a[kept], raw["VP"][kept])
+    map_b = read_mesh_h5(out / "mappings/map_b.h5")
+    for name in ("VP", "RHO"):
+        kept = map_b.fields[name] != 0
+        expected = raw[name] * prior[name]
+        assert kept.any()
+        assert np.allclose(map_b.fields[name][kept], expected[kept], rtol=1e-15, atol=0), name
+    spec = load_job_spec(out.parent / "job.yaml")
+    again = smooth_gradient(spec.smoothing, map_b.fields, map_b.points, map_b.cells, map_b.mass,
+                            map_b.order)
+    smoothed = read_mesh_h5(out / "smoothed/map_b.h5").fields
+    for name in ("VP", "RHO"):
+        assert np.allclose(smoothed[name], again[name], rtol=0,
+                           atol=1e-14 * np.abs(again[name]).max()), name
 
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_mapped_and_smoothed_files_equal_the_one_rank_files(runs, n):
+    assert_products_of_an_n_rank_run(runs[1], 1)
+    assert_products_of_an_n_rank_run(runs[n], n)
     summary = json.loads((runs[n] / "summary.json").read_text())
     ref = json.loads((runs[1] / "summary.json").read_text())
     assert summary["mappings"] == {"map_a": "mappings/map_a.h5", "map_b": "mappings/map_b.h5"}

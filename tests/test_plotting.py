@@ -1,13 +1,34 @@
-"""fwimpi plot: PNGs of models, gradient kernels (clipped, cropped) and traces."""
+"""fwimpi plot: PNGs of models, gradient kernels (clipped, cropped) and traces.
+
+Each plot is checked twice: the PNG itself (decoded: its size, that it is not blank, that
+clipping saturates it) and the matplotlib figure the plotting code drew (its axes limits,
+colour limits and lines), caught when the code closes it.
+"""
 
 import json
+from pathlib import Path
 
-import numpy as np
-import pytest
+import matplotlib
 
-from fwimpi.cli import main
-from fwimpi.jobs.plotting import plot_field
-from test_cli import write_job
+matplotlib.use("Agg")
+
+import matplotlib.figure  # noqa: E402
+import matplotlib.image  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from fwimpi.cli import main  # noqa: E402
+from fwimpi.jobs.plotting import plot_field, plot_traces  # noqa: E402
+from fwimpi.mesh.files import read_mesh_h5  # noqa: E402
+from test_cli import write_job  # noqa: E402
+
+# SMALL_JOB's domain and mesh: 1000 m x 500 m, 400 m absorbing margins left, right, bottom
+DOMAIN = (0.0, 1000.0, -500.0, 0.0)
+EXTENDED = (-400.0, 1400.0, -900.0, 0.0)
+N_RECEIVERS = 5
+# the figure is 9 x 4 inches at 110 dpi, trimmed to its content (bbox_inches="tight")
+MAX_SIZE = (4 * 110, 9 * 110)
 
 
 @pytest.fixture(scope="module")
@@ -17,16 +38,105 @@ def products(tmp_path_factory):
     return folder / "out", json.loads((folder / "out/summary.json").read_text())
 
 
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plotting code closes (it closes each one after saving it)."""
+    caught, close = [], plt.close
+
+    def spy(fig=None):
+        if isinstance(fig, matplotlib.figure.Figure):
+            caught.append(fig)
+        return close(fig)
+
+    monkeypatch.setattr(plt, "close", spy)
+    return caught
+
+
 def is_png(path):
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
-def test_plot_outputs_exist(products, tmp_path):
+def image(path: Path) -> np.ndarray:
+    """The decoded PNG (H, W, 4), checked to be a full-size plot with content."""
+    assert is_png(path)
+    rgba = matplotlib.image.imread(path)
+    h, w, channels = rgba.shape
+    assert channels == 4
+    # most of the 440 x 990 figure survives the trimming (measured 396 x 863..872)
+    assert 0.8 * MAX_SIZE[0] < h <= MAX_SIZE[0] and 0.8 * MAX_SIZE[1] < w <= MAX_SIZE[1]
+    assert len(np.unique(rgba.reshape(-1, 4), axis=0)) > 1000  # a shaded field, not blank
+    return rgba
+
+
+def saturated(rgba: np.ndarray) -> float:
+    """Share of pixels at either end of the kernels' colour map (RdBu_r)."""
+    cmap = plt.get_cmap("RdBu_r")
+    ends = [np.array(cmap(v)[:3]) for v in (0.0, 1.0)]
+    return float(sum((np.abs(rgba[..., :3] - e).sum(-1) < 0.02).mean() for e in ends))
+
+
+def in_domain(path: Path, field: str = "VP", kernel: bool = True) -> np.ndarray:
+    """The values of ``field`` (as a kernel, gradient / mass) at the points inside DOMAIN."""
+    g = read_mesh_h5(path)
+    x0, x1, y0, y1 = DOMAIN
+    p = g.points
+    inside = (p[:, 0] >= x0) & (p[:, 0] <= x1) & (p[:, 1] >= y0) & (p[:, 1] <= y1)
+    assert 0 < inside.sum() < len(p)
+    return (g.fields[field] / g.mass if kernel else g.fields[field])[inside]
+
+
+def test_kernel_plots_clip_and_crop(products, tmp_path, figures):
     out, _ = products
+    gradient = out / "gradient.h5"
+    shown = {}
     for name, kwargs in (("a.png", {}), ("b.png", {"clip": 0.1}), ("c.png", {"crop": False})):
-        assert is_png(plot_field(out / "gradient.h5", tmp_path / name, "VP", **kwargs))
-    # clipping changes the picture
-    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
+        assert plot_field(gradient, tmp_path / name, "VP", **kwargs) == tmp_path / name
+        shown[name] = (image(tmp_path / name), figures[-1].axes[0])
+    assert len(figures) == 3
+    vmax = float(np.abs(in_domain(gradient)).max())
+    # the colour scale: symmetric about 0, at the largest kernel value in the domain, and at
+    # 0.1 of it when clipped
+    (a, ax_a), (b, ax_b), (c, ax_c) = shown.values()
+    for ax, level in ((ax_a, vmax), (ax_b, 0.1 * vmax), (ax_c, vmax)):
+        lo, hi = ax.collections[0].get_clim()
+        assert hi == pytest.approx(level, rel=1e-12) and lo == -hi
+    clipped = np.asarray(ax_b.collections[0].get_array())
+    assert np.abs(clipped).max() == pytest.approx(0.1 * vmax, rel=1e-12)
+    # clipping changes the picture: far more pixels at the ends of the colour map (measured
+    # 5e-5 of them unclipped, 2.8e-2 clipped at 0.1)
+    assert saturated(a) < 1e-3 < 1e-2 < saturated(b)
+    # cropped to the domain; without cropping the margins show too
+    assert ax_a.get_xlim() == pytest.approx(DOMAIN[:2]) and ax_a.get_ylim() == pytest.approx(DOMAIN[2:])
+    x0, x1 = ax_c.get_xlim()
+    y0, y1 = ax_c.get_ylim()
+    assert x0 <= EXTENDED[0] and x1 >= EXTENDED[1] and y0 <= EXTENDED[2] and y1 >= EXTENDED[3]
+    # the same colours at the same clip, different pictures
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "c.png").read_bytes()
+
+
+def test_model_plot_shows_the_model_range(products, tmp_path, figures):
+    out, _ = products
+    image(plot_field(out / "model.h5", tmp_path / "vp.png", "VP"))
+    # a model is plotted as is, over its range at the points in the domain (vp = 1500 - y:
+    # 1500 m/s at the top to 1987.5 m/s at the lowest GLL point above y = -500 m)
+    vp = in_domain(out / "model.h5", kernel=False)
+    assert 1500.0 == vp.min() < vp.max() < 2000.0
+    lo, hi = figures[-1].axes[0].collections[0].get_clim()
+    assert (lo, hi) == pytest.approx((vp.min(), vp.max()), rel=1e-12)
+    assert figures[-1].axes[0].get_xlim() == pytest.approx(DOMAIN[:2])
+
+
+def test_traces_plot_one_line_per_receiver(products, tmp_path, figures):
+    out, _ = products
+    path = plot_traces(out / "events/ev1/receivers.h5", tmp_path / "traces.png")
+    assert is_png(path) and matplotlib.image.imread(path).shape[-1] == 4
+    ax = figures[-1].axes[0]
+    assert len(ax.lines) == N_RECEIVERS
+    offsets = [line.get_ydata().mean() for line in ax.lines]
+    assert np.allclose(offsets, np.arange(N_RECEIVERS), atol=0.45)  # offset wiggles
+    assert max(np.abs(line.get_ydata() - r).max() for r, line in enumerate(ax.lines)) == \
+        pytest.approx(0.45)  # normalised by the largest trace
+    assert len({t.get_text() for t in ax.get_yticklabels()}) == N_RECEIVERS
 
 
 @pytest.mark.parametrize("args", [["--clip", "1.5"], ["--field", "NOPE"]])
@@ -37,8 +147,6 @@ def test_bad_plot_arguments_exit_2(products, args, capsys):
 
 
 def test_kernel_is_gradient_over_mass(products):
-    from fwimpi.mesh.files import read_mesh_h5
-
     out, _ = products
     g = read_mesh_h5(out / "gradient.h5")
     kernel = g.fields["VP"] / g.mass
@@ -48,8 +156,6 @@ def test_kernel_is_gradient_over_mass(products):
 @pytest.mark.parametrize("args", [["model.h5", "--field", "VP"], ["gradient.h5", "--clip", "0.1"],
                                   ["gradient.h5", "--no-crop"], ["events/ev1/receivers.h5"]])
 def test_plot_command(products, args, capsys):
-    from pathlib import Path
-
     out, _ = products
     assert main(["plot", str(out / args[0]), *args[1:]]) == 0
     assert is_png(Path(capsys.readouterr().out.strip()))

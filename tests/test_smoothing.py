@@ -15,6 +15,13 @@ from fwimpi.sem.gll import derivative_matrix, gll_points_weights
 from fwimpi.sem.operators import AcousticStiffness, assembled_sum
 
 SIGMA = (100.0, 50.0)
+# The README's figure: a smoothed impulse's second moments equal sigma^2 to 1e-9 (measured
+# 4.4e-10 at most on the rectangles, 6.9e-11 on the sheared mesh). The residue is the CG
+# tolerance (rtol 1e-12; with 1e-14 it drops to 6e-11), not the discretisation.
+MOMENTS = 1e-9
+# The integral of a smoothed impulse (1/w at one point) is preserved to the CG tolerance too
+# (measured 1.4e-11 at most; 1.6e-13 with rtol 1e-14).
+INTEGRAL = 5e-11
 
 
 def contract_arrays(mesh, shear: float = 0.0):
@@ -57,29 +64,41 @@ def test_impulse_second_moments_are_the_smoothing_lengths_squared(tutorial, cent
     u = tutorial.smoother(u0)
     mo = moments(tutorial, u, at)
     sx, sy = SIGMA
-    assert abs(mo.xx / sx**2 - 1) < 0.03 and abs(mo.yy / sy**2 - 1) < 0.03
-    assert abs(mo.xy) < 1e-6 * sx * sy
-    assert abs(mo.mx) < 1e-6 * sx and abs(mo.my) < 1e-6 * sy  # no drift
-    assert abs(mo.total - 1.0) < 1e-10  # integral preserved
+    print(f"\nimpulse at {tuple(at)}: xx/sx^2 - 1 = {mo.xx / sx**2 - 1:.1e}, yy/sy^2 - 1 = "
+          f"{mo.yy / sy**2 - 1:.1e}, xy/(sx sy) = {mo.xy / (sx * sy):.1e}, drift "
+          f"({mo.mx / sx:.1e}, {mo.my / sy:.1e}), integral - 1 = {mo.total - 1:.1e}")
     # Backward Euler keeps the moments exact on the discrete mesh (module docstring):
     # far stricter than the 3% of the contract.
-    assert abs(mo.xx / sx**2 - 1) < 1e-6 and abs(mo.yy / sy**2 - 1) < 1e-6
-    # A bump: maximum at the impulse, non-negative to round-off, nearly all of it within
-    # 4 sigma (a Gaussian leaves 3.4e-4 outside; 8 backward Euler steps have heavier tails).
-    assert np.argmax(u) == np.argmax(u0) and u.min() > -1e-12 * u.max()
+    assert abs(mo.xx / sx**2 - 1) < MOMENTS and abs(mo.yy / sy**2 - 1) < MOMENTS
+    assert abs(mo.xy) < 1e-14 * sx * sy  # measured 1.1e-16
+    assert abs(mo.mx) < 1e-11 * sx and abs(mo.my) < 1e-11 * sy  # no drift: 2.7e-12 at most
+    assert abs(mo.total - 1.0) < INTEGRAL  # integral preserved
+    # A bump: maximum at the impulse, non-negative to round-off (measured -6.3e-16 of the
+    # maximum), nearly all of it within 4 sigma (a Gaussian leaves 3.4e-4 outside; 8 backward
+    # Euler steps have heavier tails: the module docstring's 1.6e-3, measured 1.60e-3).
+    assert np.argmax(u) == np.argmax(u0) and u.min() > -1e-14 * u.max()
     far = np.hypot((tutorial.points[:, 0] - at[0]) / sx, (tutorial.points[:, 1] - at[1]) / sy) > 4
-    assert np.abs(tutorial.mass * u)[far].sum() < 2.5e-3
+    assert 3.4e-4 < np.abs(tutorial.mass * u)[far].sum() < 2e-3
 
 
 def test_moments_are_exact_for_any_step_count(tutorial):
-    """Up to the flux through the boundary: one step's exponential tail reaches it (2e-5)."""
+    """Up to the boundary: with few steps the exponential tails reach it and are reflected.
+
+    Measured |moment / sigma^2 - 1|: 3 steps 8.9e-10 (x), 3.8e-8 (y: the top and bottom are
+    10 sigma_y away, the tail of a 3-step kernel reaches them: still 3.7e-8 with CG at rtol
+    1e-14, while x drops to 1.4e-11); 16 steps 2.5e-10 (both). So 3 steps cannot reach the
+    README's 1e-9 along y; its bounds are set at its measured level.
+    """
     u0, at = impulse(tutorial, (1500.0, -500.0))
-    for steps in (3, 16):
+    for steps, (bound_x, bound_y) in ((3, (2e-9, 1e-7)), (16, (MOMENTS, MOMENTS))):
         u = smooth(u0, SIGMA, tutorial.points, tutorial.cells, tutorial.mass, tutorial.order,
                    n_steps=steps)
         mo = moments(tutorial, u, at)
-        assert abs(mo.xx / SIGMA[0] ** 2 - 1) < 1e-6 and abs(mo.yy / SIGMA[1] ** 2 - 1) < 1e-6
-        assert abs(mo.total - 1.0) < 1e-10
+        ex, ey = mo.xx / SIGMA[0] ** 2 - 1, mo.yy / SIGMA[1] ** 2 - 1
+        print(f"\n{steps} steps: xx/sx^2 - 1 = {ex:.1e}, yy/sy^2 - 1 = {ey:.1e}, "
+              f"integral - 1 = {mo.total - 1:.1e}")
+        assert abs(ex) < bound_x and abs(ey) < bound_y
+        assert abs(mo.total - 1.0) < INTEGRAL
 
 
 def test_symmetric_in_the_mass_inner_product(tutorial):
@@ -88,11 +107,18 @@ def test_symmetric_in_the_mass_inner_product(tutorial):
     S = tutorial.smoother
     sa, sb = S(a), S(b)
     lhs, rhs = (tutorial.mass * sa) @ b, (tutorial.mass * a) @ sb
-    assert abs(lhs - rhs) <= 1e-10 * abs(lhs)
-    assert tutorial.mass @ sa == pytest.approx(tutorial.mass @ a, rel=1e-9, abs=1e-9)
-    # Diffusion damps: ||S a||_M < ||a||_M, constants are kept.
-    assert (tutorial.mass * sa) @ sa < 0.1 * (tutorial.mass * a) @ a
-    assert np.allclose(S(np.ones(len(a))), 1.0, rtol=0, atol=1e-10)
+    norms = np.sqrt(((tutorial.mass * a) @ a) * ((tutorial.mass * b) @ b))  # ||a||_M ||b||_M
+    asymmetry = abs(lhs - rhs) / norms
+    drift = abs(tutorial.mass @ sa - tutorial.mass @ a) / np.abs(tutorial.mass * a).sum()
+    print(f"\n|<Sa, b>_M - <a, Sb>_M| / (|a|_M |b|_M) = {asymmetry:.1e}; integral change "
+          f"{drift:.1e} of sum |w a|")
+    # round-off level: measured 1.2e-15 and 8.2e-14 (a sum of 40k terms)
+    assert asymmetry <= 1e-14
+    assert drift <= 1e-12
+    # Diffusion damps: ||S a||_M < ||a||_M (measured 2.3e-3 of it), constants are kept
+    # (exactly, measured).
+    assert (tutorial.mass * sa) @ sa < 0.01 * (tutorial.mass * a) @ a
+    assert np.allclose(S(np.ones(len(a))), 1.0, rtol=0, atol=1e-14)
 
 
 def test_zero_lengths_are_the_identity_and_one_length_smooths_one_axis(tutorial):
@@ -106,7 +132,7 @@ def test_zero_lengths_are_the_identity_and_one_length_smooths_one_axis(tutorial)
     row = tutorial.points[:, 1] == at[1]
     assert np.abs(u[~row]).max() < 1e-12 * np.abs(u).max()
     mo = moments(tutorial, u, at)
-    assert abs(mo.xx / 100.0**2 - 1) < 1e-6 and abs(mo.yy) < 1e-8
+    assert abs(mo.xx / 100.0**2 - 1) < MOMENTS and mo.yy == 0.0  # measured 1.4e-10 and 0
 
 
 def test_sheared_mesh_uses_the_physical_axes():
@@ -116,9 +142,14 @@ def test_sheared_mesh_uses_the_physical_axes():
         assert not S._shell.stiffness.rectangles
         u0, at = impulse(m, (950.0, -500.0))  # the centre, x' = 1200 - 0.5 * 500
         mo = moments(m, S(u0), at)
-    assert abs(mo.xx / SIGMA[0] ** 2 - 1) < 1e-6 and abs(mo.yy / SIGMA[1] ** 2 - 1) < 1e-6
-    assert abs(mo.xy) < 1e-6 * SIGMA[0] * SIGMA[1]
-    assert abs(mo.total - 1) < 1e-10
+    ex, ey = mo.xx / SIGMA[0] ** 2 - 1, mo.yy / SIGMA[1] ** 2 - 1
+    print(f"\nsheared: xx/sx^2 - 1 = {ex:.1e}, yy/sy^2 - 1 = {ey:.1e}, xy/(sx sy) = "
+          f"{mo.xy / (SIGMA[0] * SIGMA[1]):.1e}, integral - 1 = {mo.total - 1:.1e}")
+    # as on rectangles (measured 6.9e-11, 4.3e-11; xy 2.3e-13; integral 6.4e-12)
+    assert abs(ex) < MOMENTS and abs(ey) < MOMENTS
+    assert abs(mo.xy) < 1e-11 * SIGMA[0] * SIGMA[1]
+    assert abs(mo.mx) < 1e-11 * SIGMA[0] and abs(mo.my) < 1e-11 * SIGMA[1]
+    assert abs(mo.total - 1) < INTEGRAL
 
 
 def test_metric_and_diagonal():

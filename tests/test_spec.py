@@ -21,9 +21,11 @@ from fwimpi.errors import ConfigError
 from fwimpi.jobs.spec import (AbsorbingBoundaries, Compression, JobSpec, Receiver, Ricker,
                               load_job_spec, parse_job_spec)
 
-# A copy of the reference spec `examples/mapping_tutorial.yaml` beside DESIGN.md.
+# A copy of the reference spec `examples/mapping_tutorial.yaml` beside DESIGN.md, in the
+# project's shared folder next to the repository (`../shared`), where there is one.
 REFERENCE = Path(__file__).parent / "specs" / "mapping_tutorial.yaml"
-SHARED_REFERENCE = Path("/work/shared/examples/mapping_tutorial.yaml")
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_REFERENCE = SHARED / "examples" / "mapping_tutorial.yaml"
 BAD_DIR = Path(__file__).parent / "specs" / "bad"
 BAD_SPECS = sorted(BAD_DIR.glob("*.yaml"))
 
@@ -88,8 +90,10 @@ def test_reference_spec_values(reference):
     assert spec.base_dir == REFERENCE.parent
 
 
-@pytest.mark.skipif(not SHARED_REFERENCE.exists(), reason="no shared reference here")
+@pytest.mark.skipif(not SHARED.is_dir(),
+                    reason=f"no shared folder {SHARED} beside the repository (a clone alone)")
 def test_reference_copy_is_current():
+    assert SHARED_REFERENCE.is_file(), f"the shared folder has no {SHARED_REFERENCE.name}"
     assert REFERENCE.read_text() == SHARED_REFERENCE.read_text()
 
 
@@ -214,9 +218,15 @@ def test_corpus_is_large_enough():
 
 
 @pytest.mark.parametrize("spec_file", BAD_SPECS, ids=lambda p: p.stem)
-def test_bad_spec(spec_file):
-    pwned = Path("/tmp/fwimpi_pwned")
-    existed = pwned.exists()
+def test_bad_spec(spec_file, monkeypatch):
+    # A payload (python_tag.yaml: os.system) must never run: record any call instead of
+    # looking for the file it would create.
+    import os
+    import subprocess
+
+    ran = []
+    monkeypatch.setattr(os, "system", lambda *a, **k: ran.append(("os.system", a)) or 0)
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: ran.append(("Popen", a)))
     expect = expected_path(spec_file)
     with pytest.raises(ConfigError) as info:
         load_job_spec(spec_file)
@@ -227,7 +237,7 @@ def test_bad_spec(spec_file):
     else:
         assert message.startswith(f"{expect}: "), message
         assert "got" in message or "allowed keys" in message or "missing" in message
-    assert existed or not pwned.exists()
+    assert not ran, ran
 
 
 JUNK = [None, True, False, 0, -1, 1, 11, 0.5, -1e300, math.nan, math.inf, 10**400, "",

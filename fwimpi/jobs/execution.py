@@ -217,7 +217,7 @@ def _run_event(spec: JobSpec, plan: JobPlan, state: JobState, solver: WaveSolver
                      "checkpoints)", event.name, adj)
         else:
             log.info("event %s: forward %.3f s (%.1f M point-updates/s)%s", event.name, fwd,
-                     plan.mesh.n_points * axis.n_steps / fwd / 1e6,
+                     plan.mesh.n_points * axis.n_steps / max(fwd, 1e-9) / 1e6,
                      f", adjoint {adj:.3f} s" if gradients else "")
         data = ReceiverData({"phi": traces}, event.receiver_coordinates, axis.dt,
                             axis.start_time, event.stations)

@@ -80,19 +80,25 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None) -> JobPla
     gradients = spec.misfit is not None if gradients is None else gradients
     model = ModelEvaluator(spec.model, spec.domain.box)
     margin = sim.absorbing.width_in_meters if sim.absorbing else 0.0
+    box = spec.domain.box
+    extent = max(box.x1 - box.x0, box.y1 - box.y0)
+    if not margin <= 10.0 * extent:
+        raise ConfigError(f"simulation_configuration.absorbing_boundaries: the margins would be "
+                          f"{margin:.3g} m wide, more than 10 times the domain ({extent:g} m)")
     try:
-        mesh, vmin = mesh_for_model(spec.domain.box, margin, sim.tensor_order,
-                                    sim.elements_per_wavelength, sim.max_frequency_in_hertz,
-                                    model.velocity, max_points=MAX_POINTS)
+        with np.errstate(all="ignore"):  # overflowing extents are reported below
+            mesh, vmin = mesh_for_model(spec.domain.box, margin, sim.tensor_order,
+                                        sim.elements_per_wavelength, sim.max_frequency_in_hertz,
+                                        model.velocity, max_points=MAX_POINTS)
     except MeshTooLarge as err:
         raise ConfigError(
             f"simulation_configuration.elements_per_wavelength: the mesh would have "
-            f"{err.n_points} points (at most {MAX_POINTS}); lower elements_per_wavelength or "
+            f"{_count(err.n_points)} points (at most {MAX_POINTS:,}); lower elements_per_wavelength or "
             f"max_frequency_in_hertz, or check the units of the model (m/s)") from None
     except (OverflowError, ValueError, MemoryError) as err:
         raise ConfigError(f"domain: cannot mesh this domain and model: {err}") from None
-    part = decompose(mesh, ranks).part  # rejects more ranks than the mesh can take
     stable = starting_stable_dt(mesh, model)
+    part = decompose(mesh, ranks).part  # rejects more ranks than the mesh can take
     dt = sim.time_step_in_seconds
     if dt is not None and dt > stable:
         raise ConfigError(
@@ -135,6 +141,11 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None) -> JobPla
               + (spec.compression.memory_per_rank_in_mb * 2**20 if gradients else 0))
     observed = read_observed(spec, axis)
     return JobPlan(mesh, model, vmin, stable, axis, observed, chunk, local, int(memory))
+
+
+def _count(n: int) -> str:
+    """A count for a message: exact when short, its order of magnitude when huge."""
+    return f"{n:,}" if n < 10**15 else f"about 10^{len(str(n)) - 1}"
 
 
 def _chunk(spec: JobSpec, axis: TimeAxis, local_points: int) -> int:
@@ -180,6 +191,15 @@ def starting_stable_dt(mesh: StructuredMesh, model: ModelEvaluator) -> float:
                     f"model: VP = {values['VP'][k]:g} m/s, RHO = {values['RHO'][k]:g} kg/m^3 at "
                     f"x={mesh.points[k, 0]:g}, y={mesh.points[k, 1]:g} make the coefficient "
                     f"{name} = {c[k]:g} unusable; check the model's values and units")
+        factors = model.physics.chain_rule(values, np.ones_like(m0), np.ones_like(m1))
+        for name, f in factors.items():
+            bad = ~np.isfinite(f) | (np.abs(f) < np.finfo(float).tiny)
+            if bad.any():
+                k = int(np.flatnonzero(bad)[0])
+                raise ConfigError(
+                    f"model: VP = {values['VP'][k]:g} m/s, RHO = {values['RHO'][k]:g} kg/m^3 at "
+                    f"x={mesh.points[k, 0]:g}, y={mesh.points[k, 1]:g} leave no usable gradient "
+                    f"with respect to {name} ({f[k]:g}); check the model's values and units")
         ibool = mesh.ibool()
         stable = stable_time_step(mesh.geometry(), m0[ibool], m1[ibool])
     if not (math.isfinite(stable) and stable > 0):

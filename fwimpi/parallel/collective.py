@@ -104,9 +104,9 @@ def decide_on_root(comm, step: Callable[[], object]):
     ok, value = comm.bcast(outcome, root=0)
     if ok:
         return value
-    if error is not None:
+    if isinstance(error, FwimpiError):
         raise error
-    raise _rebuild(*value)
+    raise _rebuild(*value) from error
 
 
 def free_bytes(folder: Path) -> int:

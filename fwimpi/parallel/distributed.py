@@ -197,7 +197,7 @@ class DistributedMesh:
         seen = np.zeros(n, dtype=int)
         for k, r in parts:
             out[k] = r
-            seen[k] += 1
+            np.add.at(seen, k, 1)
         if not (seen == 1).all():
             raise FwimpiError("every row must be held by exactly one rank")
         return out
