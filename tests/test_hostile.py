@@ -221,3 +221,10 @@ def test_compression_study_reads_specs_like_run(tmp_path, capsys):
     job.write_text(text)
     assert main(["compression-study", str(job), "--intervals", "1"]) == 2
     assert "duplicate key" in one_error_line(capsys)
+
+
+def test_local_site_refuses_more_ranks_than_the_machine_can_run(tmp_path, capsys):
+    cores = os.cpu_count() or 1
+    assert main(["run", str(write_job(tmp_path)), "--ranks", str(8 * cores + 1)]) == 2
+    assert one_error_line(capsys).startswith(f"--ranks: {8 * cores + 1} ranks on this machine")
+    assert not (tmp_path / "out").exists()

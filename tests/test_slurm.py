@@ -107,6 +107,10 @@ def test_sites_load_local_and_slurm():
     ("type: slurm\npartition: debug\ndirectives: ['--qos=normal', '--output=/etc/passwd']\n",
      "directives[1]"),
     ("type: slurm\npartition: debug\ndirectives: ['-N 2']\n", "directives[0]"),
+    # sbatch takes any unambiguous prefix of a long option: --out= is --output=
+    ("type: slurm\npartition: debug\ndirectives: ['--out=/etc/passwd']\n", "directives[0]"),
+    ("type: slurm\npartition: debug\ndirectives: ['--chd=/']\n", "directives[0]"),
+    ("type: slurm\npartition: debug\ntime_limit: '\u0663\u0660'\n", "time_limit"),  # Arabic-Indic 30
     ("type: slurm\npartition: debug\narguments: ['--mpi=pmix', '$(id)']\n", "arguments"),
     ("type: slurm\npartition: debug\nnodes: 2\n", None),
     ("type: pbs\n", "type"),
