@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fwimpi.cli import main
-from fwimpi.mesh.files import read_mesh_h5, read_receivers_h5
+from fwimpi.mesh.files import (ReceiverData, read_mesh_h5, read_receivers_h5,
+                               write_receivers_h5)
 
 HERE = Path(__file__).parent
 BAD_SPECS = sorted((HERE / "specs" / "bad").glob("*.yaml"))
@@ -183,17 +184,47 @@ def test_misfit_against_observed_data_from_an_earlier_run(tmp_path, function):
     assert np.abs(grad.fields["VP"]).max() > 0
 
 
-def test_observed_data_with_another_time_step_is_rejected(tmp_path, capsys):
+def test_observed_data_on_another_time_axis_is_resampled(tmp_path, capsys):
+    """The same data recorded every 1 ms and every 2 ms (every other sample) give the same
+    misfit against a simulation at 1 ms, to the accuracy of
+    the band-limited resampling; an fwimpi output folder serves as observed data."""
+    fixed = {"end_time_in_seconds: 0.6": "end_time_in_seconds: 0.6\n  time_step_in_seconds: 0.001"}
+    (tmp_path / "same").mkdir()
+    assert main(["-q", "run", str(write_job(tmp_path / "same", **fixed, **{
+        'vp: "1500.0 - y"': 'vp: "1450.0 - y"'})), "--forward-only"]) == 0
+    rec = read_receivers_h5(tmp_path / "same/out/events/ev1/receivers.h5")["ev1"]
+    coarse = ReceiverData({"phi": rec.traces["phi"][:, ::2]}, rec.coordinates, 2 * rec.dt,
+                          rec.start_time, rec.stations)
+    write_receivers_h5(tmp_path / "coarse.h5", {"ev1": coarse}, {})
+    misfits = []
+    for name, observed in (("same", tmp_path / "same/out"), ("coarse", tmp_path / "coarse.h5")):
+        folder = tmp_path / f"inv_{name}"
+        folder.mkdir()
+        job = write_job(folder, **{
+            "end_time_in_seconds: 0.6": "end_time_in_seconds: 0.58\n  time_step_in_seconds: 0.001",
+            "observed_data: null": f"observed_data: {observed}",
+            "misfit_function: L2_energy_no_observed_data": "misfit_function: L2"})
+        assert main(["-q", "run", str(job), "--forward-only"]) == 0
+        misfits.append(json.loads((folder / "out/summary.json").read_text())
+                       ["events"]["ev1"]["misfit"])
+    print(f"misfit with data at 1 ms {misfits[0]:.10g}, resampled from 2 ms {misfits[1]:.10g}")
+    assert misfits[0] > 0 and abs(misfits[1] - misfits[0]) < 1e-4 * misfits[0], misfits
+
+
+def test_observed_data_that_cannot_be_resampled_is_refused(tmp_path, capsys):
     (tmp_path / "true").mkdir()
-    true = write_job(tmp_path / "true")
-    assert main(["-q", "run", str(true), "--forward-only"]) == 0
+    assert main(["-q", "run", str(write_job(tmp_path / "true")), "--forward-only"]) == 0
     observed = tmp_path / "true/out/events/ev1/receivers.h5"
-    job = write_job(tmp_path, **{
-        "end_time_in_seconds: 0.6": "end_time_in_seconds: 0.6\n  time_step_in_seconds: 0.001",
-        "observed_data: null": f"observed_data: {observed}",
-        "misfit_function: L2_energy_no_observed_data": "misfit_function: L2"})
-    assert main(["run", str(job)]) == 2
-    assert "misfit_configuration.observed_data" in capsys.readouterr().err
+    fixed = {"end_time_in_seconds: 0.6": "end_time_in_seconds: 0.6\n  time_step_in_seconds: 0.001",
+             "observed_data: null": f"observed_data: {observed}",
+             "misfit_function: L2_energy_no_observed_data": "misfit_function: L2"}
+    with h5py.File(observed, "r+") as f:  # white noise: its band reaches its Nyquist frequency
+        f["ev1/phi"][...] = np.random.default_rng(0).standard_normal(f["ev1/phi"].shape)
+    assert main(["run", str(write_job(tmp_path, **fixed))]) == 2
+    assert "not band-limited" in capsys.readouterr().err
+    longer = {**fixed, "end_time_in_seconds: 0.6": "end_time_in_seconds: 0.9\n  time_step_in_seconds: 0.001"}
+    assert main(["run", str(write_job(tmp_path, **longer))]) == 2
+    assert "the data covers t in [0, 0.6" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -76,7 +76,8 @@ def _run(spec: JobSpec, plan: JobPlan, mesh: DistributedMesh, state: JobState,
             log.info("gradient: forward wavefield kept every %d step(s); %s", interval,
                      "all in memory" if chunk >= axis.n_steps else
                      f"checkpoints every {chunk} steps, chunks recomputed")
-    attrs = {"fwimpi_version": __version__, "job": spec.name, "job_spec": spec.resolved}
+    attrs = {"fwimpi_version": __version__, "job": spec.name, "job_spec": spec.resolved,
+             "mesh": plan.mesh.description(), "dt": axis.dt}
 
     def write_fields(rel: str, fields: dict[str, np.ndarray], kernels: bool = False,
                      **extra) -> str:

@@ -21,8 +21,9 @@ from ..inversion.gradient import plan_chunks
 from ..inversion.mapping import EventGeometry
 from ..parallel.decomposition import decompose, local_point_counts
 from ..sem.acquisition import Event
+from ..sem.signals import resample
 from ..sem.timestepper import COURANT_FACTOR, TimeAxis, stable_time_step
-from .spec import JobSpec
+from .spec import EVENT_PLACEHOLDER, JobSpec, observed_file
 
 #: The largest mesh a job may ask for (points): about 2 GB of model and wavefield per field.
 MAX_POINTS = 50_000_000
@@ -85,18 +86,24 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None) -> JobPla
     if not margin <= 10.0 * extent:
         raise ConfigError(f"simulation_configuration.absorbing_boundaries: the margins would be "
                           f"{margin:.3g} m wide, more than 10 times the domain ({extent:g} m)")
-    try:
-        with np.errstate(all="ignore"):  # overflowing extents are reported below
-            mesh, vmin = mesh_for_model(spec.domain.box, margin, sim.tensor_order,
-                                        sim.elements_per_wavelength, sim.max_frequency_in_hertz,
-                                        model.velocity, max_points=MAX_POINTS)
-    except MeshTooLarge as err:
-        raise ConfigError(
-            f"simulation_configuration.elements_per_wavelength: the mesh would have "
-            f"{_count(err.n_points)} points (at most {MAX_POINTS:,}); lower elements_per_wavelength or "
-            f"max_frequency_in_hertz, or check the units of the model (m/s)") from None
-    except (OverflowError, ValueError, MemoryError) as err:
-        raise ConfigError(f"domain: cannot mesh this domain and model: {err}") from None
+    if model.mesh is not None:  # a model file written by fwimpi brings its own mesh
+        mesh = _file_mesh(spec, model, margin)
+        vmin = float(model(mesh.points)["VP"].min())
+    else:
+        try:
+            with np.errstate(all="ignore"):  # overflowing extents are reported below
+                mesh, vmin = mesh_for_model(spec.domain.box, margin, sim.tensor_order,
+                                            sim.elements_per_wavelength,
+                                            sim.max_frequency_in_hertz, model.velocity,
+                                            max_points=MAX_POINTS)
+        except MeshTooLarge as err:
+            raise ConfigError(
+                f"simulation_configuration.elements_per_wavelength: the mesh would have "
+                f"{_count(err.n_points)} points (at most {MAX_POINTS:,}); lower "
+                f"elements_per_wavelength or max_frequency_in_hertz, or check the units of "
+                f"the model (m/s)") from None
+        except (OverflowError, ValueError, MemoryError) as err:
+            raise ConfigError(f"domain: cannot mesh this domain and model: {err}") from None
     stable = starting_stable_dt(mesh, model)
     part = decompose(mesh, ranks).part  # rejects more ranks than the mesh can take
     dt = sim.time_step_in_seconds
@@ -105,6 +112,8 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None) -> JobPla
             f"simulation_configuration.time_step_in_seconds: {dt:g} s exceeds the CFL "
             f"stability limit {stable:.4g} s of this mesh and model; leave it "
             f"out to use {COURANT_FACTOR * stable:.4g} s")
+    if dt is None and model.dt is not None and model.dt <= stable:
+        dt = model.dt  # the time step the model file was simulated with: same results
     dt = COURANT_FACTOR * stable if dt is None else dt
     steps = sim.end_time_in_seconds / dt
     if not steps < MAX_STEPS + 1:
@@ -141,6 +150,21 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None) -> JobPla
               + (spec.compression.memory_per_rank_in_mb * 2**20 if gradients else 0))
     observed = read_observed(spec, axis)
     return JobPlan(mesh, model, vmin, stable, axis, observed, chunk, local, int(memory))
+
+
+def _file_mesh(spec: JobSpec, model: ModelEvaluator, margin: float) -> StructuredMesh:
+    """The mesh of a model file written by fwimpi, checked against the spec."""
+    mesh, sim = model.mesh, spec.simulation
+    if mesh.order != sim.tensor_order:
+        raise ConfigError(f"simulation_configuration.tensor_order: {sim.tensor_order}, but "
+                          f"model.file brings a mesh of order {mesh.order}")
+    if not math.isclose(mesh.margin, margin, rel_tol=1e-9, abs_tol=1e-6):
+        raise ConfigError(f"simulation_configuration.absorbing_boundaries: margins of "
+                          f"{margin:g} m, but model.file brings a mesh with {mesh.margin:g} m")
+    if mesh.n_points > MAX_POINTS:
+        raise ConfigError(f"model.file: a mesh of {mesh.n_points:,} points (at most "
+                          f"{MAX_POINTS:,})")
+    return mesh
 
 
 def _count(n: int) -> str:
@@ -208,40 +232,58 @@ def starting_stable_dt(mesh: StructuredMesh, model: ModelEvaluator) -> float:
 
 
 def read_observed(spec: JobSpec, axis: TimeAxis) -> dict[str, np.ndarray]:
-    """Each event's observed traces ``(R, n_steps + 1)`` in the spec's receiver order, for
-    misfits that compare with data; ``{}`` otherwise."""
+    """Each event's observed traces ``(R, n_steps + 1)`` on the simulation's time axis, in
+    the spec's receiver order, for misfits that compare with data; ``{}`` otherwise. Data
+    on another time axis is resampled (band-limited); data that does not cover the
+    simulated time, or whose band reaches its own Nyquist frequency, is refused."""
     misfit = spec.misfit
     if misfit is None or misfit.observed_data is None:
         return {}
     field = "misfit_configuration.observed_data"
-    try:
-        data = read_receivers_h5(misfit.observed_data, tuple(e.name for e in spec.events))
-    except (OSError, ValueError, KeyError) as err:
-        raise ConfigError(f"{field}: cannot read {misfit.observed_data}: "
-                          f"{' '.join(str(err).split())}") from None
     out = {}
     for event in spec.events:
-        if event.name not in data:
-            raise ConfigError(f"{field}: no event '{event.name}' in {misfit.observed_data}")
-        rec = data[event.name]
+        path = observed_file(misfit.observed_data, event.name)
+        try:
+            data = read_receivers_h5(path)
+        except (OSError, ValueError, KeyError) as err:
+            raise ConfigError(f"{field}: cannot read {path}: {' '.join(str(err).split())}"
+                              ) from None
+        if event.name in data:
+            rec = data[event.name]
+        elif len(data) == 1 and EVENT_PLACEHOLDER in str(misfit.observed_data):
+            (rec,) = data.values()  # one event per file: its name is the file's
+        else:
+            raise ConfigError(f"{field}: no event '{event.name}' in {path}")
         traces = rec.traces.get(misfit.receiver_field)
-        n = axis.n_steps + 1
-        if traces is None or traces.shape[1] != n or not math.isclose(rec.dt, axis.dt,
-                                                                      rel_tol=1e-9):
-            got = None if traces is None else traces.shape[1]
-            raise ConfigError(
-                f"{field}: event '{event.name}' needs '{misfit.receiver_field}' traces of "
-                f"{n} samples at dt={axis.dt:.6g} s, got {got} samples at dt={rec.dt:.6g} s")
-        rows = match_receivers(event, rec, f"{field}: event '{event.name}'")
+        where = f"{field}: event '{event.name}'"
+        if traces is None:
+            raise ConfigError(f"{where}: no '{misfit.receiver_field}' traces in {path}")
+        rows = match_receivers(event, rec, where)
         matched = np.ascontiguousarray(traces[rows])
         bad = ~np.isfinite(matched)
         if bad.any():
             r, n = (int(v[0]) for v in np.nonzero(bad))
-            raise ConfigError(f"{field}: event '{event.name}': the trace of receiver "
-                              f"{event.receivers[r].station} has a non-finite value "
-                              f"({matched[r, n]}) at sample {n}")
-        out[event.name] = matched
+            raise ConfigError(f"{where}: the trace of receiver {event.receivers[r].station} "
+                              f"has a non-finite value ({matched[r, n]}) at sample {n}")
+        out[event.name] = _on_axis(matched, rec.dt, rec.start_time, axis, where)
     return out
+
+
+def _on_axis(traces: np.ndarray, dt: float, start_time: float, axis: TimeAxis,
+             where: str) -> np.ndarray:
+    """``traces`` sampled at ``start_time + k dt`` on ``axis`` (resampled when it differs)."""
+    n = axis.n_steps + 1
+    if (traces.shape[1] == n and math.isclose(dt, axis.dt, rel_tol=1e-9)
+            and abs(start_time - axis.start_time) <= 1e-9 * axis.dt):
+        return traces
+    end, data_end = axis.start_time + axis.n_steps * axis.dt, start_time + (traces.shape[1] - 1) * dt
+    if start_time > axis.start_time + 1e-9 * dt or data_end < end - 1e-9 * dt:
+        raise ConfigError(f"{where}: the data covers t in [{start_time:g}, {data_end:g}] s, the "
+                          f"simulation t in [{axis.start_time:g}, {end:g}] s")
+    try:
+        return resample(traces, dt, start_time, axis.dt, axis.start_time, n)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def match_receivers(event: Event, data: ReceiverData, where: str) -> np.ndarray:

@@ -80,10 +80,41 @@ class SimulationConfig:
     absorbing: AbsorbingBoundaries | None
 
 
+EVENT_PLACEHOLDER = "{event}"
+
+
+def observed_file(observed: Path, event: str) -> Path:
+    """The file holding ``event``'s observed data: ``observed`` itself (a receivers file),
+    the receivers file an fwimpi output folder's ``summary.json`` names for the event, or
+    the pattern with ``{event}`` replaced by the event's name. Raises ConfigError."""
+    field = "misfit_configuration.observed_data"
+    text = str(observed)
+    if EVENT_PLACEHOLDER in text:
+        path = Path(text.replace(EVENT_PLACEHOLDER, event))
+        if not path.is_file():
+            raise ConfigError(f"{field}: no file {path} for event '{event}'")
+        return path
+    if observed.is_dir():
+        try:
+            summary = json.loads((observed / "summary.json").read_text())
+            rel = summary["events"][event]["receivers"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(f"{field}: {observed} is not an fwimpi output folder with "
+                              f"receivers of event '{event}' (its summary.json names none)"
+                              ) from None
+        path = observed / str(rel)
+        if not path.is_file() or observed.resolve() not in path.resolve().parents:
+            raise ConfigError(f"{field}: the receivers of event '{event}' named in "
+                              f"{observed / 'summary.json'} are not in that folder")
+        return path
+    return observed
+
+
 @dataclass(frozen=True)
 class MisfitConfig:
-    """The misfit of the job: a registered `Misfit`, its observed data (a receivers file) and
-    the receiver field it compares."""
+    """The misfit of the job: a registered `Misfit`, its observed data (a receivers file, an
+    fwimpi output folder, or a path pattern with ``{event}``: ``observed_file``) and the
+    receiver field it compares."""
 
     name: str
     observed_data: Path | None
@@ -477,13 +508,36 @@ def _misfit(data, path, base_dir) -> MisfitConfig:
                   observed)
     elif observed is None:
         _fail(f"{path}.observed_data",
-              f"required for misfit_function {misfit.name} (a receivers file)", observed)
+              f"required for misfit_function {misfit.name} (a receivers file, an fwimpi "
+              f"output folder or a pattern with {EVENT_PLACEHOLDER})", observed)
     else:
-        observed = _path(observed, f"{path}.observed_data", base_dir, must_exist=True)
+        observed = _observed(observed, f"{path}.observed_data", base_dir)
     return MisfitConfig(
         name=_opt(d, path, "name", "misfit", _name), observed_data=observed, misfit=misfit,
         receiver_field=_opt(d, path, "receiver_field", "phi",
                             lambda v, p: _choice(v, p, RECEIVER_FIELDS)))
+
+
+def _observed(value, path, base_dir) -> Path:
+    """A receivers file, an fwimpi output folder or a pattern with ``{event}``."""
+    resolved = _path(value, path, base_dir)
+    if EVENT_PLACEHOLDER in str(value):
+        if str(value).count(EVENT_PLACEHOLDER) != 1 or EVENT_PLACEHOLDER in str(resolved.parent):
+            _fail(path, f"a pattern must hold {EVENT_PLACEHOLDER} once, in the file name", value)
+        if resolved.suffix.lower() in (".sgy", ".segy", ".su"):
+            _fail(path, "SEG-Y observed data is not supported yet; convert it to an fwimpi "
+                        "receivers file", value)
+        if not resolved.parent.is_dir():
+            _fail(path, f"no folder {resolved.parent}", value)
+        return resolved
+    if resolved.is_dir():
+        if not (resolved / "summary.json").is_file():
+            _fail(path, f"{resolved} is a folder without summary.json (not an fwimpi output "
+                        f"folder)", value)
+        return resolved
+    if not resolved.is_file():
+        _fail(path, f"no such file {resolved}", value)
+    return resolved
 
 
 def _compression(data, path) -> Compression:

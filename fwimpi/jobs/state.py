@@ -21,7 +21,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import ConfigError
 from ..mesh.files import remove_temp_files, temp_path, write_json_atomic
-from .spec import JobSpec
+from .spec import JobSpec, observed_file
 
 STATE_NAME = ".fwimpi-state.json"
 LOCK_NAME = ".fwimpi.lock"
@@ -64,9 +64,11 @@ def product_hashes(spec: JobSpec, gradients: bool) -> dict[str, str]:
                   r["simulation_configuration"])
     out = {"model": model}
     misfit = r.get("misfit_configuration")
-    observed = _content(spec.misfit.observed_data) if spec.misfit else None
     compression = r.get("wavefield_compression") if gradients else None
     for event in r["events"]:
+        observed = None
+        if spec.misfit is not None and spec.misfit.observed_data is not None:
+            observed = _content(observed_file(spec.misfit.observed_data, event["event_name"]))
         out[f"event/{event['event_name']}"] = _hash(model, event, misfit, observed,
                                                     compression, gradients)
     events = sorted((k, v) for k, v in out.items() if k.startswith("event/"))

@@ -48,6 +48,47 @@ class StructuredMesh:
     def n_elements(self) -> int:
         return self.nex * self.ney
 
+    def description(self) -> dict:
+        """The parameters that rebuild this mesh exactly (``from_description``): JSON."""
+        return {"domain": [self.domain.x0, self.domain.x1, self.domain.y0, self.domain.y1],
+                "extended": [self.extended.x0, self.extended.x1, self.extended.y0,
+                             self.extended.y1],
+                "margin": self.margin, "order": self.order, "nex": self.nex, "ney": self.ney}
+
+    @classmethod
+    def from_description(cls, d: dict) -> "StructuredMesh":
+        """The mesh a ``description()`` describes. Raises ValueError on a malformed one."""
+        try:
+            mesh = cls(Box(*map(float, d["domain"])), Box(*map(float, d["extended"])),
+                       float(d["margin"]), int(d["order"]), int(d["nex"]), int(d["ney"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not a mesh description: {err}") from None
+        if not (1 <= mesh.order <= 10 and mesh.nex >= 1 and mesh.ney >= 1
+                and mesh.extended.x0 < mesh.extended.x1 and mesh.extended.y0 < mesh.extended.y1):
+            raise ValueError(f"not a valid mesh description: {d}")
+        return mesh
+
+    def axes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The GLL coordinates along x ``(npx,)`` and y ``(npy,)``: ``points`` is their grid."""
+        return (self._axis(self.extended.x0, self.hx, self.nex),
+                self._axis(self.extended.y0, self.hy, self.ney))
+
+    def point_indices(self, xy: np.ndarray, tolerance: float = 1e-9) -> np.ndarray:
+        """Natural indices ``(Q,)`` of points ``(Q, 2)`` that are GLL points of this mesh (to
+        ``tolerance`` times its size); ValueError for a point that is not."""
+        xy = np.atleast_2d(np.asarray(xy, dtype=float))
+        index = []
+        for c, axis in zip(xy.T, self.axes()):
+            k = np.clip(np.searchsorted(axis, c), 1, len(axis) - 1)
+            k = np.where(np.abs(axis[k - 1] - c) <= np.abs(axis[k] - c), k - 1, k)
+            scale = tolerance * (axis[-1] - axis[0])
+            off = np.abs(axis[k] - c) > scale
+            if off.any():
+                q = int(np.flatnonzero(off)[0])
+                raise ValueError(f"point {tuple(xy[q])} is not a point of the mesh")
+            index.append(k)
+        return index[1] * self.npx + index[0]
+
     @property
     def npx(self) -> int:
         """Global GLL points along x."""
@@ -79,8 +120,7 @@ class StructuredMesh:
     @cached_property
     def points(self) -> np.ndarray:
         """Global GLL points ``(P, 2)`` in metres."""
-        x = self._axis(self.extended.x0, self.hx, self.nex)
-        y = self._axis(self.extended.y0, self.hy, self.ney)
+        x, y = self.axes()
         xx, yy = np.meshgrid(x, y, indexing="xy")
         return np.column_stack((xx.ravel(), yy.ravel()))
 

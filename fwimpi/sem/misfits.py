@@ -107,3 +107,28 @@ MISFITS = MappingProxyType({m.name: m for m in (
     Misfit("L2", l2, True),
     Misfit("cross_correlation_time_shift", cross_correlation_time_shift, True),
 )})
+
+
+@dataclass(frozen=True)
+class FilteredMisfit:
+    """A misfit of filtered traces: ``J(F u, F d)`` with ``F`` a symmetric linear filter
+    (``signals.ZeroPhaseLowpass``), whose adjoint source is ``F dJ/d(F u)`` exactly. Used for
+    frequency continuation: the gradient stays the derivative of what is printed."""
+
+    misfit: Misfit
+    filter: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def name(self) -> str:
+        return self.misfit.name
+
+    @property
+    def needs_observed(self) -> bool:
+        return self.misfit.needs_observed
+
+    def evaluate(self, traces: np.ndarray, observed: np.ndarray | None,
+                 dt: float) -> tuple[float, np.ndarray]:
+        """``(J(F u, F d), F dJ/d(F u))`` of ``traces (R, S)`` and ``observed (R, S)``."""
+        filtered = None if observed is None else self.filter(observed)
+        j, adjoint = self.misfit.evaluate(self.filter(traces), filtered, dt)
+        return j, self.filter(adjoint)
