@@ -23,6 +23,8 @@ EPILOG = """examples:
   fwimpi run jobs/mapping_tutorial.yaml          run it: receivers, misfit, gradients, mappings
   fwimpi run jobs/mapping_tutorial.yaml --forward-only
   fwimpi run jobs/mapping_tutorial.yaml --site slurm --no-wait   submit to SLURM
+  fwimpi run jobs/inversion_true.yaml --forward-only      observed data from a true model
+  fwimpi invert jobs/inversion.yaml                       the inversion: iterates, plots
   fwimpi status jobs/runs/mapping-tutorial                      state of that job
   fwimpi compression-study jobs/mapping_tutorial.yaml --intervals 1 5 10 20
   fwimpi plot jobs/runs/mapping-tutorial/gradient.h5 --field VP --clip 0.1
@@ -46,13 +48,20 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("job", type=Path, help="YAML job spec")
 
     for name, text in (("run", "run a job through its site (all its products, summary.json)"),
+                       ("invert", "run the job's inversion through its site (iterates, "
+                                  "summary.json)"),
                        ("exec", "run a job in this process (what a site launches)")):
         r = sub.add_parser(name, help=text, description=text)
         r.add_argument("job", type=Path, help="YAML job spec")
-        r.add_argument("--forward-only", action="store_true",
-                       help="compute receivers and misfit, no gradient")
-        if name == "run":
-            r.add_argument("--site", help="site name under configs/sites (default: the spec's)")
+        if name != "invert":
+            r.add_argument("--forward-only", action="store_true",
+                           help="compute receivers and misfit, no gradient")
+        if name == "exec":
+            r.add_argument("--invert", action="store_true", help="run the inversion block")
+        else:
+            r.add_argument("--site", help="site name: a user site (FWIMPI_SITES, "
+                                          "~/.config/fwimpi/sites) or a shipped one "
+                                          "(default: the spec's)")
             r.add_argument("--ranks", type=int, help="override ranks_per_job")
             r.add_argument("--no-wait", action="store_true",
                            help="SLURM: submit, print the job id and return")
@@ -124,31 +133,49 @@ def _run(args) -> int:
         raise ConfigError(f"--ranks: must be a positive integer, got {args.ranks}")
     ranks = args.ranks or spec.ranks_per_job
     site = load_site(args.site or spec.site)
+    invert = args.command == "invert"
+    if invert and spec.inversion is None:
+        raise ConfigError("inversion: the job spec has no inversion block (fwimpi invert runs it)")
+    args.forward_only = getattr(args, "forward_only", False)
     gradients = spec.misfit is not None and not args.forward_only
-    plan = plan_job(spec, ranks, gradients)  # every input check, before any MPI work or output
+    # every input check, before any MPI work or output
+    plan = plan_job(spec, ranks, gradients, inversion=invert)
     check_output_folder(spec.output)
     if site.kind == "slurm":  # the batch job's `fwimpi exec` takes the output lock
         return _run_on_slurm(args, spec, site, ranks)
     _check_local_resources(ranks, plan.memory_per_rank, "--ranks" if args.ranks else
                            "ranks_per_job")
     state = JobState.read(spec.output, product_hashes(spec, gradients))
-    if state.all_done() and (spec.output / "summary.json").is_file():
+    if not invert and state.all_done() and (spec.output / "summary.json").is_file():
         log.info("all products of job %s are already computed; not run again", spec.name)
         print(json.dumps(json.loads((spec.output / "summary.json").read_text())["simulation"],
                          indent=2))
         return 0
     with stop_on_signals(), OutputLock(spec.output, spec.name) as lock:
         os.environ[LOCK_ENV] = lock.token  # the ranks started below find the lock theirs
+        args.invert = invert
         if ranks == 1:
             return _exec(args, in_process=True)
-        extra = ("--forward-only",) if args.forward_only else ()
+        extra = ("--forward-only",) if args.forward_only else ("--invert",) if invert else ()
         command = site.command(ranks, args.job.resolve(), extra)
         log.info("launching: %s", " ".join(command))
         code = _wait_for(command)
     if code == 0:
-        summary = json.loads((spec.output / "summary.json").read_text())
-        print(json.dumps(summary["simulation"], indent=2))
+        _print_outcome(json.loads((spec.output / "summary.json").read_text()))
     return 1 if code < 0 else code
+
+
+def _print_outcome(summary: dict) -> None:
+    """What a run prints: the sizes and times; for an inversion, its misfit history."""
+    print(json.dumps(summary["simulation"], indent=2))
+    inversion = summary.get("inversion")
+    if inversion:
+        first = inversion["iterations"][0]["misfit"]
+        for item in inversion["iterations"]:
+            print(f"iteration {item['iteration']:3d} stage {item['stage']}: misfit "
+                  f"{item['misfit']:.6e} ({item['misfit'] / first:.4f} of the initial), "
+                  f"{item['simulations']} simulation(s)")
+        print(f"final model: {inversion['final_model']}")
 
 
 def _wait_for(command: list[str], grace: float = 30.0) -> int:
@@ -193,7 +220,8 @@ def _run_on_slurm(args, spec, site, ranks: int) -> int:
     from .jobs.slurm import run_on_slurm, status
 
     job_id, state = run_on_slurm(site, args.job.resolve(), spec.name, spec.output, ranks,
-                                 args.forward_only, wait=not getattr(args, "no_wait", False))
+                                 args.forward_only, wait=not getattr(args, "no_wait", False),
+                                 invert=args.command == "invert")
     if getattr(args, "no_wait", False):
         print(job_id)
         return 0
@@ -224,6 +252,7 @@ def _exec(args, in_process: bool = False) -> int:
     from mpi4py import MPI
 
     from .jobs.execution import run_job
+    from .jobs.inversion import run_inversion
     from .jobs.signals import Interrupted, stop_on_signals
     from .jobs.spec import load_job_spec, read_job_text
     from .parallel.collective import decide_on_root
@@ -235,7 +264,10 @@ def _exec(args, in_process: bool = False) -> int:
             # one rank reads the spec: every rank parses the same text
             spec = load_job_spec(args.job, decide_on_root(comm, lambda: read_job_text(args.job)))
             with _collective_lock(comm, spec):
-                summary = run_job(spec, comm, forward_only=args.forward_only)
+                if getattr(args, "invert", False):
+                    summary = run_inversion(spec, comm)
+                else:
+                    summary = run_job(spec, comm, forward_only=args.forward_only)
     except BaseException as err:  # noqa: BLE001 - any error must end every rank, never hang
         from .mesh.files import remove_temp_files
 
@@ -259,7 +291,7 @@ def _exec(args, in_process: bool = False) -> int:
         print(f"fwimpi: {word} (rank {comm.rank}): {_one_line(err)}", file=sys.stderr, flush=True)
         comm.Abort(code)
     if summary is not None and in_process:
-        print(json.dumps(summary["simulation"], indent=2))
+        _print_outcome(summary)
     return 0
 
 
@@ -414,7 +446,8 @@ def _export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.quiet)
-    commands = {"validate": _validate, "run": _run, "exec": _exec, "plot": _plot,
+    commands = {"validate": _validate, "run": _run, "invert": _run, "exec": _exec,
+                "plot": _plot,
                 "export": _export, "compression-study": _compression_study, "status": _status}
     from .jobs.signals import Interrupted
 

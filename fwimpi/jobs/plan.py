@@ -73,10 +73,13 @@ class JobPlan:
         }
 
 
-def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None) -> JobPlan:
+def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None,
+             inversion: bool = False) -> JobPlan:
     """Check everything about ``spec`` on ``ranks`` ranks and derive the plan; ``gradients``
-    (default: the spec has a misfit) plans the gradient's memory too. Every size is bounded
-    before it is allocated. Raises ConfigError naming the field."""
+    (default: the spec has a misfit) plans the gradient's memory too. For an ``inversion``
+    the time step is stable for every admissible model: it comes from the upper VP bound
+    (``inversion.bounds``; without one, 1.25 times the starting model's largest VP). Every
+    size is bounded before it is allocated. Raises ConfigError naming the field."""
     sim = spec.simulation
     gradients = spec.misfit is not None if gradients is None else gradients
     model = ModelEvaluator(spec.model, spec.domain.box)
@@ -104,7 +107,17 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None) -> JobPla
                 f"the model (m/s)") from None
         except (OverflowError, ValueError, MemoryError) as err:
             raise ConfigError(f"domain: cannot mesh this domain and model: {err}") from None
-    stable = starting_stable_dt(mesh, model)
+    values = model(mesh.points)
+    stable = stable_dt(mesh, model.physics, values)
+    if inversion and spec.inversion is not None:
+        for name, (lo, hi) in spec.inversion.bounds.items():
+            v = values[name]
+            if v.min() < lo or v.max() > hi:
+                raise ConfigError(f"inversion.bounds.{name}: [{lo:g}, {hi:g}] excludes the "
+                                  f"starting model ({v.min():g} to {v.max():g})")
+        vp_max = spec.inversion.bounds.get("VP", (None, 1.25 * float(values["VP"].max())))[1]
+        stable = min(stable, stable_dt(mesh, model.physics,
+                                       {**values, "VP": np.full_like(values["VP"], vp_max)}))
     part = decompose(mesh, ranks).part  # rejects more ranks than the mesh can take
     dt = sim.time_step_in_seconds
     if dt is not None and dt > stable:
@@ -112,7 +125,7 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None) -> JobPla
             f"simulation_configuration.time_step_in_seconds: {dt:g} s exceeds the CFL "
             f"stability limit {stable:.4g} s of this mesh and model; leave it "
             f"out to use {COURANT_FACTOR * stable:.4g} s")
-    if dt is None and model.dt is not None and model.dt <= stable:
+    if dt is None and model.dt is not None and model.dt <= stable and not inversion:
         dt = model.dt  # the time step the model file was simulated with: same results
     dt = COURANT_FACTOR * stable if dt is None else dt
     steps = sim.end_time_in_seconds / dt
@@ -200,13 +213,12 @@ def _check_postprocessing(spec: JobSpec, mesh: StructuredMesh) -> None:
                     f"its mean")
 
 
-def starting_stable_dt(mesh: StructuredMesh, model: ModelEvaluator) -> float:
-    """The leapfrog stability limit (s) of ``model`` on ``mesh`` (element eigenvalue bound).
-    Raises ConfigError when the model's wave-equation coefficients are not usable numbers
-    (e.g. a density of 1e300 kg/m^3)."""
-    values = model(mesh.points)
+def stable_dt(mesh: StructuredMesh, physics, values: dict[str, np.ndarray]) -> float:
+    """The leapfrog stability limit (s) of the model ``values`` at ``mesh``'s points
+    (element eigenvalue bound). Raises ConfigError when the model's wave-equation
+    coefficients are not usable numbers (e.g. a density of 1e300 kg/m^3)."""
     with np.errstate(all="ignore"):
-        m0, m1 = model.physics.coefficients(values)
+        m0, m1 = physics.coefficients(values)
         for name, c in (("m0 = 1/(rho vp^2)", m0), ("m1 = 1/rho", m1)):
             bad = ~np.isfinite(c) | (c < np.finfo(float).tiny) | (c > 1.0 / np.finfo(float).tiny)
             if bad.any():
@@ -215,7 +227,7 @@ def starting_stable_dt(mesh: StructuredMesh, model: ModelEvaluator) -> float:
                     f"model: VP = {values['VP'][k]:g} m/s, RHO = {values['RHO'][k]:g} kg/m^3 at "
                     f"x={mesh.points[k, 0]:g}, y={mesh.points[k, 1]:g} make the coefficient "
                     f"{name} = {c[k]:g} unusable; check the model's values and units")
-        factors = model.physics.chain_rule(values, np.ones_like(m0), np.ones_like(m1))
+        factors = physics.chain_rule(values, np.ones_like(m0), np.ones_like(m1))
         for name, f in factors.items():
             bad = ~np.isfinite(f) | (np.abs(f) < np.finfo(float).tiny)
             if bad.any():

@@ -46,7 +46,11 @@ def plot_field(path: Path, out: Path, field: str | None = None, clip: float | No
         raise ConfigError(f"--clip: must be in (0, 1], got {clip}")
     kind = str(mesh.attrs.get("kind", ""))
     gradient = kind in GRADIENT_KINDS
-    values = mesh.fields[name] / mesh.mass if gradient else mesh.fields[name].copy()
+    if name.endswith("_kernel") or name.endswith("_preconditioned"):
+        gradient = True  # already a kernel: a smooth field with a symmetric scale
+        values = mesh.fields[name].copy()
+    else:
+        values = mesh.fields[name] / mesh.mass if gradient else mesh.fields[name].copy()
     box = _domain(mesh.attrs) if crop else None
     points = mesh.points
     inside = np.ones(len(points), dtype=bool)
@@ -56,7 +60,7 @@ def plot_field(path: Path, out: Path, field: str | None = None, clip: float | No
         inside = ((points[:, 0] >= x0 - tol) & (points[:, 0] <= x1 + tol)
                   & (points[:, 1] >= y0 - tol) & (points[:, 1] <= y1 + tol))
     quads = _quads(mesh)
-    keep = inside[quads].all(axis=1)
+    keep = inside[quads].any(axis=1)  # the axes' limits crop what lies outside
     triangles = np.concatenate((quads[keep][:, [0, 1, 2]], quads[keep][:, [0, 2, 3]]))
     if gradient:
         vmax = float(np.abs(values[inside]).max()) or 1.0
@@ -70,7 +74,8 @@ def plot_field(path: Path, out: Path, field: str | None = None, clip: float | No
     fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
     art = ax.tripcolor(points[:, 0], points[:, 1], triangles, values, shading="gouraud",
                        cmap=cmap, vmin=limits[0], vmax=limits[1])
-    label = f"{name} kernel (gradient / mass)" if gradient else name
+    label = (name if name.endswith(("_kernel", "_preconditioned")) else
+             f"{name} kernel (gradient / mass)") if gradient else name
     fig.colorbar(art, ax=ax, label=label)
     ax.set_aspect("equal")
     ax.set_xlabel("x (m)")
@@ -117,3 +122,80 @@ def _save(fig, plt, out: Path) -> Path:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+# --------------------------------------------------------------------------- inversion
+
+
+def plot_misfit_history(misfits: list[float], stages: list[int], out: Path) -> Path:
+    """Misfit of every iterate (log scale), relative to the first, coloured by stage."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    misfits = np.asarray(misfits, float)
+    k = np.arange(len(misfits))
+    for stage in sorted(set(stages)):
+        sel = np.asarray(stages) == stage
+        ax.semilogy(k[sel], misfits[sel] / misfits[0], "o-", label=f"stage {stage}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("misfit / initial misfit")
+    ax.grid(True, which="both", alpha=0.3)
+    if len(set(stages)) > 1:
+        ax.legend()
+    ax.set_title("misfit history", fontsize=10)
+    return _save(fig, plt, out)
+
+
+def plot_model_pair(points: np.ndarray, cells: np.ndarray, order: int, start: np.ndarray,
+                    current: np.ndarray, name: str, box, out: Path, title: str = "") -> Path:
+    """The starting and the current model (``(P,)`` each) side by side, one colour scale,
+    cropped to ``box = (x0, x1, y0, y1)``."""
+    from ..mesh.files import quads_from_cells
+
+    quads = quads_from_cells(cells, order)
+    x0, x1, y0, y1 = box
+    tol = 1e-9 * max(x1 - x0, y1 - y0)
+    inside = ((points[:, 0] >= x0 - tol) & (points[:, 0] <= x1 + tol)
+              & (points[:, 1] >= y0 - tol) & (points[:, 1] <= y1 + tol))
+    keep = inside[quads].any(axis=1)  # the axes' limits crop what lies outside
+    triangles = np.concatenate((quads[keep][:, [0, 1, 2]], quads[keep][:, [0, 2, 3]]))
+    lo = float(min(start[inside].min(), current[inside].min()))
+    hi = float(max(start[inside].max(), current[inside].max()))
+    change = current - start
+    top = float(np.abs(change[inside]).max()) or 1.0
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.4), dpi=110, sharey=True)
+    panels = ((start, "starting model", "viridis", lo, hi),
+              (current, "current model", "viridis", lo, hi),
+              (change, "update (current - starting)", "RdBu_r", -top, top))
+    for ax, (values, label, cmap, vmin, vmax) in zip(axes, panels):
+        art = ax.tripcolor(points[:, 0], points[:, 1], triangles, values, shading="gouraud",
+                           cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_aspect("equal")
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        ax.set_xlabel("x (m)")
+        ax.set_title(f"{label}: {name}", fontsize=10)
+        fig.colorbar(art, ax=ax, shrink=0.8)
+    axes[0].set_ylabel("y (m)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, plt, out)
+
+
+def plot_trace_overlay(times: np.ndarray, observed: np.ndarray, synthetic: np.ndarray,
+                       stations: tuple[str, ...], out: Path, title: str = "") -> Path:
+    """Observed (black) and synthetic (red) traces ``(R, S)`` of one event as wiggles, one
+    normalisation for both."""
+    scale = max(np.abs(observed).max(), np.abs(synthetic).max()) or 1.0
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(stations) + 2), dpi=110)
+    for r in range(len(stations)):
+        ax.plot(times, r + 0.45 * observed[r] / scale, color="k", lw=0.9,
+                label="observed" if r == 0 else None)
+        ax.plot(times, r + 0.45 * synthetic[r] / scale, color="tab:red", lw=0.8, ls="--",
+                label="synthetic" if r == 0 else None)
+    ax.set_yticks(range(len(stations)), stations, fontsize=7)
+    ax.set_xlabel("time (s)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, plt, out)

@@ -140,7 +140,8 @@ def batch_template(site: SlurmSite) -> string.Template:
 
 
 def render_batch_script(site: SlurmSite, job_path: Path, job_name: str, output_dir: Path,
-                        ranks: int, forward_only: bool, *, cores: int | None = None,
+                        ranks: int, forward_only: bool, *, invert: bool = False,
+                        cores: int | None = None,
                         python: str | None = None) -> str:
     """The sbatch script that runs ``fwimpi exec job_path`` on ``ranks`` ranks.
 
@@ -170,7 +171,9 @@ def render_batch_script(site: SlurmSite, job_path: Path, job_name: str, output_d
         "log": f"{out}/slurm/{job_name}-%j.log",
         "directives": "\n".join(f"#SBATCH {d}" for d in directives),
         "site": site.name, "launcher": site.launcher, "arguments": " ".join(site.arguments),
-        "python": python, "job": job, "forward_only": " --forward-only" if forward_only else "",
+        # the template's ``forward_only`` placeholder holds exec's extra arguments
+        "python": python, "job": job,
+        "forward_only": " --forward-only" if forward_only else " --invert" if invert else "",
         # more ranks than cores: waiting ranks must yield their core (srun does not tell
         # OpenMPI that it is oversubscribed, and busy polling then slows everything ~10x)
         "overcommit_env": "export OMPI_MCA_mpi_yield_when_idle=1" if ranks > cores else "",
@@ -290,7 +293,7 @@ def slurm_dir(output_dir: Path) -> Path:
 
 
 def run_on_slurm(site: SlurmSite, job_path: Path, spec_name: str, output_dir: Path, ranks: int,
-                 forward_only: bool, wait: bool = True, poll: float = 1.0,
+                 forward_only: bool, wait: bool = True, poll: float = 1.0, invert: bool = False,
                  timeout: float | None = None) -> tuple[int, str]:
     """Render, write and submit the batch script of a job; record it in ``slurm/job.json``.
 
@@ -301,6 +304,7 @@ def run_on_slurm(site: SlurmSite, job_path: Path, spec_name: str, output_dir: Pa
     output_dir = Path(os.path.abspath(output_dir))
     cores = partition_cpus(site.partition)
     text = render_batch_script(site, job_path, spec_name, output_dir, ranks, forward_only,
+                               invert=invert,
                                cores=cores)
     mark_output_folder(output_dir, spec_name)  # the batch script is the folder's first file
     folder = slurm_dir(output_dir)
@@ -311,7 +315,7 @@ def run_on_slurm(site: SlurmSite, job_path: Path, spec_name: str, output_dir: Pa
     job_id = submit(script)
     record = {"job_id": job_id, "state": "SUBMITTED", "script": str(script),
               "log": str(folder / f"{spec_name}-{job_id}.log"), "job": str(job_path),
-              "name": spec_name, "ranks": ranks, "forward_only": forward_only,
+              "name": spec_name, "ranks": ranks, "forward_only": forward_only, "invert": invert,
               "site": site.name, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json_atomic(folder / "job.json", record)
     state = job_state(job_id)

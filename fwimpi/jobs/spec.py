@@ -135,6 +135,35 @@ class Compression:
     memory_per_rank_in_mb: float = DEFAULT_MEMORY_PER_RANK_MB
 
 
+@dataclass(frozen=True)
+class Stage:
+    """A stage of frequency continuation: traces low-pass filtered at
+    ``max_frequency_in_hertz`` (None: unfiltered) for ``iterations`` model updates."""
+
+    max_frequency_in_hertz: float | None
+    iterations: int
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """The ``inversion`` block: the inversion space (a mapping's name, optionally on a
+    coarser order-1 mesh of ``mesh_element_size_in_meters``), the preconditioner (the job's
+    smoothing, or None), L-BFGS with ``memory`` pairs, hard ``bounds`` on the simulation
+    model ``{parameter: (lo, hi)}`` and the stages."""
+
+    mapping: str
+    preconditioner: str | None
+    memory: int
+    stages: tuple[Stage, ...]
+    bounds: dict
+    mesh_element_size_in_meters: float | None = None
+
+    @property
+    def iterations(self) -> int:
+        """Model updates over all stages."""
+        return sum(stage.iterations for stage in self.stages)
+
+
 @dataclass(frozen=True, eq=False)
 class JobSpec:
     """A validated job spec built into the objects that do the work (events, wavelet,
@@ -154,6 +183,7 @@ class JobSpec:
     mappings: tuple[Mapping, ...]
     smoothing: ConstantSmoothing | None
     smoothing_applies_to: str | None
+    inversion: InversionConfig | None
     output: Path
     base_dir: Path
     resolved: dict = field(repr=False)
@@ -299,7 +329,8 @@ def parse_job_spec(data: dict, base_dir: str | os.PathLike) -> JobSpec:
         _fail("job spec", "the top level must be a mapping of keys to values", data)
     d = _mapping(data, "", ("name", "ranks_per_job", "site", "domain", "model", "events",
                             "simulation_configuration", "misfit_configuration",
-                            "wavefield_compression", "mappings", "smoothing", "output"),
+                            "wavefield_compression", "mappings", "smoothing", "inversion",
+                            "output"),
                  required=("name", "domain", "model", "events", "simulation_configuration"))
     name = _name(d["name"], "name")
     ranks = _opt(d, "", "ranks_per_job", 1,
@@ -317,12 +348,14 @@ def parse_job_spec(data: dict, base_dir: str | os.PathLike) -> JobSpec:
                           "the mappings", d["mappings"])
     smoothing, applies_to = _opt(d, "", "smoothing", (None, None),
                                  lambda v, p: _smoothing(v, p, mappings))
+    inversion = _opt(d, "", "inversion", None,
+                     lambda v, p: _inversion(v, p, mappings, smoothing, misfit, simulation))
     output = _opt(d, "", "output", _resolve_path(f"runs/{name}", base_dir),
                   lambda v, p: _path(v, p, base_dir))
     parts = dict(name=name, ranks_per_job=ranks, site=site, domain=domain, model=model,
                  events=events, simulation=simulation, misfit=misfit, compression=compression,
                  mappings=mappings, smoothing=smoothing, smoothing_applies_to=applies_to,
-                 output=output, base_dir=base_dir)
+                 inversion=inversion, output=output, base_dir=base_dir)
     return JobSpec(**parts, resolved=_resolved(**parts))
 
 
@@ -617,8 +650,68 @@ def _smoothing(data, path, mappings) -> tuple[ConstantSmoothing, str]:
         raise ConfigError(str(err)) from None
 
 
+def _inversion(data, path, mappings, smoothing, misfit, simulation) -> InversionConfig:
+    d = _mapping(data, path, ("mapping", "preconditioner", "method", "iterations", "bounds",
+                              "stages", "mesh"), required=("mapping",))
+    names = tuple(m.name for m in mappings)
+    if not names:
+        _fail(f"{path}.mapping", "must name a mapping, but the spec defines no mappings",
+              d["mapping"])
+    mapping = _choice(d["mapping"], f"{path}.mapping", names)
+    if misfit is None or not misfit.misfit.needs_observed:
+        _fail(f"{path}", "an inversion fits observed data: give misfit_configuration a misfit "
+                         "with observed_data (L2 or cross_correlation_time_shift)")
+    preconditioner = _opt(d, path, "preconditioner", None,
+                          lambda v, p: _choice(v, p, ("smoothing",)))
+    if preconditioner is not None and smoothing is None:
+        _fail(f"{path}.preconditioner", "needs the job's smoothing block", preconditioner)
+    method = _opt(d, path, "method", {"type": "lbfgs"}, lambda v, p: _mapping(v, p, ("type", "memory"),
+                                                                             required=("type",)))
+    _choice(method["type"], f"{path}.method.type", ("lbfgs",))
+    memory = _opt(method, f"{path}.method", "memory", 5,
+                  lambda v, p: _number(v, p, integer=True, lo=1, hi=100))
+    iterations = _opt(d, path, "iterations", 10,
+                      lambda v, p: _number(v, p, integer=True, lo=0, hi=10_000))
+    if d.get("stages") is not None:
+        stages = []
+        for i, item in enumerate(_list(d["stages"], f"{path}.stages")):
+            sp = f"{path}.stages[{i}]"
+            st = _mapping(item, sp, ("max_frequency_in_hertz", "iterations"),
+                          required=("max_frequency_in_hertz",))
+            fmax = _number(st["max_frequency_in_hertz"], f"{sp}.max_frequency_in_hertz",
+                           positive=True)
+            if fmax > simulation.max_frequency_in_hertz:
+                _fail(f"{sp}.max_frequency_in_hertz", f"must not exceed the simulation's "
+                      f"max_frequency_in_hertz ({simulation.max_frequency_in_hertz:g})", fmax)
+            stages.append(Stage(fmax, _opt(st, sp, "iterations", iterations,
+                                           lambda v, p: _number(v, p, integer=True, lo=0,
+                                                                hi=10_000))))
+        stages = tuple(stages)
+    else:
+        stages = (Stage(None, iterations),)
+    bounds = {}
+    raw = _opt(d, path, "bounds", {}, lambda v, p: _mapping(v, p, ACOUSTIC.parameters))
+    for key, value in raw.items():
+        items = _list(value, f"{path}.bounds.{key}")
+        if len(items) != 2:
+            _fail(f"{path}.bounds.{key}", "must be [lower, upper]", value)
+        lo, hi = (_number(v, f"{path}.bounds.{key}[{i}]", positive=True)
+                  for i, v in enumerate(items))
+        if not lo < hi:
+            _fail(f"{path}.bounds.{key}", "must be [lower, upper] with lower < upper", value)
+        bounds[key] = (lo, hi)
+    size = None
+    if d.get("mesh") is not None:
+        m = _mapping(d["mesh"], f"{path}.mesh", ("element_size_in_meters",),
+                     required=("element_size_in_meters",))
+        size = _number(m["element_size_in_meters"], f"{path}.mesh.element_size_in_meters",
+                       positive=True)
+    return InversionConfig(mapping, preconditioner, memory, stages, bounds, size)
+
+
 def _resolved(*, name, ranks_per_job, site, domain, model, events, simulation, misfit,
-              compression, mappings, smoothing, smoothing_applies_to, output, base_dir) -> dict:
+              compression, mappings, smoothing, smoothing_applies_to, inversion, output,
+              base_dir) -> dict:
     """The spec in its own YAML vocabulary, defaults filled in, receivers expanded to
     Point2D entries and paths absolute: JSON-serialisable and parseable again."""
     sim, absorbing = simulation, simulation.absorbing
@@ -664,6 +757,16 @@ def _resolved(*, name, ranks_per_job, site, domain, model, events, simulation, m
             "apply_to": smoothing_applies_to, "type": "ConstantSmoothing",
             "smoothing_lengths_in_meters": {k: list(v) for k, v in
                                             smoothing.smoothing_lengths_in_meters.items()}},
+        "inversion": None if inversion is None else {
+            "mapping": inversion.mapping, "preconditioner": inversion.preconditioner,
+            "method": {"type": "lbfgs", "memory": inversion.memory},
+            "stages": [{"max_frequency_in_hertz": st.max_frequency_in_hertz,
+                        "iterations": st.iterations} for st in inversion.stages]
+            if inversion.stages[0].max_frequency_in_hertz is not None else None,
+            "iterations": inversion.stages[0].iterations,
+            "bounds": {k: list(v) for k, v in inversion.bounds.items()},
+            "mesh": None if inversion.mesh_element_size_in_meters is None else
+            {"element_size_in_meters": inversion.mesh_element_size_in_meters}},
         "output": str(output),
     }
 
