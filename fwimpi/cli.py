@@ -133,7 +133,7 @@ def _run(args) -> int:
         raise ConfigError(f"--ranks: must be a positive integer, got {args.ranks}")
     ranks = args.ranks or spec.ranks_per_job
     site = load_site(args.site or spec.site)
-    invert = args.command == "invert"
+    invert = getattr(args, "command", "run") == "invert"
     if invert and spec.inversion is None:
         raise ConfigError("inversion: the job spec has no inversion block (fwimpi invert runs it)")
     args.forward_only = getattr(args, "forward_only", False)
@@ -221,7 +221,7 @@ def _run_on_slurm(args, spec, site, ranks: int) -> int:
 
     job_id, state = run_on_slurm(site, args.job.resolve(), spec.name, spec.output, ranks,
                                  args.forward_only, wait=not getattr(args, "no_wait", False),
-                                 invert=args.command == "invert")
+                                 invert=getattr(args, "command", "run") == "invert")
     if getattr(args, "no_wait", False):
         print(job_id)
         return 0
