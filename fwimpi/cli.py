@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(quiet: bool) -> None:
+    """INFO logs to stderr, WARNING and up with ``-q``; the ranks a quiet launcher starts are
+    quiet too (``FWIMPI_QUIET=1`` in their environment)."""
+    quiet = quiet or os.environ.get("FWIMPI_QUIET") == "1"
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
         format="[%(asctime)s] %(levelname)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
@@ -159,7 +162,7 @@ def _run(args) -> int:
         extra = ("--forward-only",) if args.forward_only else ("--invert",) if invert else ()
         command = site.command(ranks, args.job.resolve(), extra)
         log.info("launching: %s", " ".join(command))
-        code = _wait_for(command)
+        code = _wait_for(command, quiet=getattr(args, "quiet", False))
     if code == 0:
         _print_outcome(json.loads((spec.output / "summary.json").read_text()))
     return 1 if code < 0 else code
@@ -178,14 +181,16 @@ def _print_outcome(summary: dict) -> None:
         print(f"final model: {inversion['final_model']}")
 
 
-def _wait_for(command: list[str], grace: float = 30.0) -> int:
-    """Run ``command`` and return its exit status; on SIGTERM or SIGINT pass the signal on,
-    give it ``grace`` seconds to stop (then kill it), and raise Interrupted."""
+def _wait_for(command: list[str], grace: float = 30.0, quiet: bool = False) -> int:
+    """Run ``command`` (quiet: its ranks log warnings only) and return its exit status; on
+    SIGTERM or SIGINT pass the signal on, give it ``grace`` seconds to stop (then kill it),
+    and raise Interrupted."""
     import subprocess
 
     from .jobs.signals import Interrupted
 
-    proc = subprocess.Popen(command)
+    env = {**os.environ, "FWIMPI_QUIET": "1"} if quiet else None
+    proc = subprocess.Popen(command, env=env)
     try:
         return proc.wait()
     except Interrupted as stop:

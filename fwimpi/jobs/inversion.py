@@ -121,7 +121,7 @@ class _Driver:
 
     def run(self) -> dict | None:
         """Collective: serve rank 0's requests until it is done; write the summary."""
-        started = time.perf_counter()
+        started = self.started = time.perf_counter()
         steps = self._optimize() if self.root else None
         result = None
         while True:
@@ -306,7 +306,8 @@ class _Driver:
         self.records.append({"iteration": k, "stage": stage, "misfit": f,
                              "model": str(Path(FOLDER) / folder.name / "model.h5"),
                              "gradient": str(Path(FOLDER) / folder.name / "gradient.h5"),
-                             "simulations": self.simulations})
+                             "simulations": self.simulations,
+                             "seconds": time.perf_counter() - self.started})
         self.simulations = 0
         plots = self._plots(folder, k, stage, model, traces)
         self.records[-1]["plots"] = plots
@@ -370,8 +371,8 @@ class _Driver:
             "mappings": {}, "smoothed": {},
             "plots": sorted({p for r in records for p in r.get("plots", [])}),
             "inversion": {"iterations": [{k: r[k] for k in ("iteration", "stage", "misfit",
-                                                            "model", "simulations")}
-                                         for r in records],
+                                                            "model", "simulations", "seconds")
+                                          if k in r} for r in records],
                           "final_model": records[-1]["model"]},
             "simulation": {"ranks": self.comm.size, **self.plan.describe(),
                            "inversion_seconds": seconds, "peak_memory_mb_per_rank": peak},
