@@ -143,5 +143,6 @@ class Simulation:
     def __enter__(self) -> "Simulation":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:  # after a failure the other ranks may be elsewhere: no collective
+            self.close()

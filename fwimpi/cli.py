@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         if name != "invert":
             r.add_argument("--forward-only", action="store_true",
                            help="compute receivers and misfit, no gradient")
+        r.add_argument("--concurrent-events", type=int, metavar="K",
+                       help="simulate K events at once, each on ranks_per_job ranks "
+                            "(default: the spec's concurrent_events)")
         if name == "exec":
             r.add_argument("--invert", action="store_true", help="run the inversion block")
         else:
@@ -135,6 +138,10 @@ def _run(args) -> int:
     if args.ranks is not None and args.ranks < 1:
         raise ConfigError(f"--ranks: must be a positive integer, got {args.ranks}")
     ranks = args.ranks or spec.ranks_per_job
+    concurrent = getattr(args, "concurrent_events", None)
+    if concurrent is not None and concurrent < 1:
+        raise ConfigError(f"--concurrent-events: must be a positive integer, got {concurrent}")
+    concurrent = concurrent or spec.concurrent_events
     site = load_site(args.site or spec.site)
     invert = getattr(args, "command", "run") == "invert"
     if invert and spec.inversion is None:
@@ -145,9 +152,9 @@ def _run(args) -> int:
     plan = plan_job(spec, ranks, gradients, inversion=invert)
     check_output_folder(spec.output)
     if site.kind == "slurm":  # the batch job's `fwimpi exec` takes the output lock
-        return _run_on_slurm(args, spec, site, ranks)
-    _check_local_resources(ranks, plan.memory_per_rank, "--ranks" if args.ranks else
-                           "ranks_per_job")
+        return _run_on_slurm(args, spec, site, ranks, concurrent)
+    _check_local_resources(ranks * concurrent, plan.memory_per_rank,
+                           "--ranks" if args.ranks else "ranks_per_job")
     state = JobState.read(spec.output, product_hashes(spec, gradients))
     if not invert and state.all_done() and (spec.output / "summary.json").is_file():
         log.info("all products of job %s are already computed; not run again", spec.name)
@@ -156,11 +163,12 @@ def _run(args) -> int:
         return 0
     with stop_on_signals(), OutputLock(spec.output, spec.name) as lock:
         os.environ[LOCK_ENV] = lock.token  # the ranks started below find the lock theirs
-        args.invert = invert
-        if ranks == 1:
+        args.invert, args.concurrent_events = invert, concurrent
+        if ranks * concurrent == 1:
             return _exec(args, in_process=True)
         extra = ("--forward-only",) if args.forward_only else ("--invert",) if invert else ()
-        command = site.command(ranks, args.job.resolve(), extra)
+        extra += ("--concurrent-events", str(concurrent))
+        command = site.command(ranks * concurrent, args.job.resolve(), extra)
         log.info("launching: %s", " ".join(command))
         code = _wait_for(command, quiet=getattr(args, "quiet", False))
     if code == 0:
@@ -221,12 +229,13 @@ def _check_local_resources(ranks: int, memory_per_rank: int, field: str) -> None
                           f"use a coarser mesh or a cluster site")
 
 
-def _run_on_slurm(args, spec, site, ranks: int) -> int:
+def _run_on_slurm(args, spec, site, ranks: int, concurrent: int = 1) -> int:
     from .jobs.slurm import run_on_slurm, status
 
     job_id, state = run_on_slurm(site, args.job.resolve(), spec.name, spec.output, ranks,
                                  args.forward_only, wait=not getattr(args, "no_wait", False),
-                                 invert=getattr(args, "command", "run") == "invert")
+                                 invert=getattr(args, "command", "run") == "invert",
+                                 concurrent_events=concurrent)
     if getattr(args, "no_wait", False):
         print(job_id)
         return 0
@@ -263,24 +272,27 @@ def _exec(args, in_process: bool = False) -> int:
     from .parallel.collective import decide_on_root
 
     comm = MPI.COMM_WORLD
-    spec, root_pid = None, comm.bcast(os.getpid(), root=0)
+    spec, pids = None, sorted(set(comm.allgather(os.getpid())))  # temp names carry a group root's
     try:
         with stop_on_signals():
             # one rank reads the spec: every rank parses the same text
             spec = load_job_spec(args.job, decide_on_root(comm, lambda: read_job_text(args.job)))
             with _collective_lock(comm, spec):
+                concurrent = getattr(args, "concurrent_events", None)
                 if getattr(args, "invert", False):
-                    summary = run_inversion(spec, comm)
+                    summary = run_inversion(spec, comm, concurrent)
                 else:
-                    summary = run_job(spec, comm, forward_only=args.forward_only)
+                    summary = run_job(spec, comm, forward_only=args.forward_only,
+                                      concurrent_events=concurrent)
     except BaseException as err:  # noqa: BLE001 - any error must end every rank, never hang
         from .mesh.files import remove_temp_files
 
         if spec is not None:
-            try:
-                remove_temp_files(spec.output, root_pid)
-            except OSError:
-                pass
+            for pid in pids:
+                try:
+                    remove_temp_files(spec.output, pid)
+                except OSError:
+                    pass
         if comm.size == 1:
             raise
         if isinstance(err, Interrupted):

@@ -4,7 +4,7 @@ products it touches (README, "Results are cached").
 One job (SMALL_JOB with two mappings and the smoothing of one) is run into the same folder
 again and again through ``fwimpi run``, changing one setting at a time. What was recomputed
 is read three ways that must agree: the product files (a rewrite is a new file: new inode
-and mtime), the hashes in ``<output>/.fwimpi-state.json``, and the log ("already computed;
+and mtime), the hashes in the records of ``<output>/.fwimpi-state/``, and the log ("already computed;
 not run again" for every product that was not).
 """
 
@@ -46,7 +46,8 @@ REUSED_LOG = {"model": "model: already computed",
 
 def snapshot(out: Path) -> dict:
     """{product: (hash, {file: (inode, mtime_ns)})} from the state file, and summary.json."""
-    state = json.loads((out / ".fwimpi-state.json").read_text())["products"]
+    state = {p.stem.replace("--", "/"): json.loads(p.read_text())
+             for p in (out / ".fwimpi-state").glob("*.json")}
     snap = {}
     for key, entry in state.items():
         stats = {rel: (os.stat(out / rel).st_ino, os.stat(out / rel).st_mtime_ns)
@@ -146,7 +147,7 @@ def test_a_changed_setting_recomputes_only_what_it_touches(job, caplog):
     after_model, log = run(job, caplog)
     assert recomputed(after_lengths, after_model) == everything
     assert_only(log, everything, everything)
-    assert re.search(r"event ev1: forward", log)
+    assert re.search(r"event ev1 \(1 of 1, on group 1 of 1\): forward", log)
     assert not np.array_equal(field(job, "events/ev1/gradient.h5"), before_gradient)
 
     # and the result is what a fresh run of the final job gives

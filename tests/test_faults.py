@@ -185,7 +185,7 @@ def _interrupt(job: Path, signum: int, after: str, delay: float) -> subprocess.P
     (signal.SIGTERM, "launching:", 0.0),           # while the ranks start up
     (signal.SIGTERM, "mesh:", 0.3),                # in the forward run
     (signal.SIGINT, "mesh:", 1.5),                 # later: the adjoint
-    (signal.SIGTERM, "event ev1: misfit", 0.0),    # writing products, mapping, smoothing
+    (signal.SIGTERM, ": misfit L2_energy", 0.0),    # writing products, mapping, smoothing
 ])
 def test_signal_to_the_launcher_stops_every_rank_and_a_rerun_resumes(signum, after, delay,
                                                                       tmp_path):
@@ -209,7 +209,7 @@ def test_signal_to_the_launcher_stops_every_rank_and_a_rerun_resumes(signum, aft
 def test_interrupted_long_job_resumes_to_the_products_of_an_uninterrupted_one(tmp_path):
     full, cut = job_in(tmp_path / "full", LONG_JOB), job_in(tmp_path / "cut", LONG_JOB)
     assert run("-q", "run", str(full)).returncode == 0
-    proc = _interrupt(cut, signal.SIGTERM, "event ev1: misfit", 0.0)
+    proc = _interrupt(cut, signal.SIGTERM, ": misfit L2_energy", 0.0)
     assert proc.returncode in (0, 143), proc.stderr_text
     assert run("-q", "run", str(cut)).returncode == 0
     assert_same_products(cut.parent / "out", full.parent / "out")

@@ -176,7 +176,8 @@ def test_unreadable_state_or_lock_files_are_no_traceback(content, tmp_path, caps
     job = write_job(tmp_path)
     assert main(["-q", "run", str(job), "--forward-only"]) == 0
     out = tmp_path / "out"
-    (out / ".fwimpi-state.json").write_text(content)
+    for record in (out / ".fwimpi-state").glob("*.json"):
+        record.write_text(content)
     (out / ".fwimpi.lock").write_text(content)  # not fwimpi's: fwimpi writes it whole
     assert main(["-q", "run", str(job), "--forward-only"]) == 0
     assert not (out / ".fwimpi.lock").exists()

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError, NumericalError
+from ..errors import ConfigError, FwimpiError, NumericalError
 from ..inversion.solver import ModelError, WaveSolver
 from ..mesh.files import ReceiverData, write_json_atomic, write_receivers_h5
 from ..parallel.checkpoints import EventCheckpoints, checkpoint_bytes
-from ..parallel.collective import decide_on_root
+from ..parallel.collective import decide_on_root, on_root
 from ..parallel.distributed import DistributedMesh
+from ..parallel.groups import EventGroups
 from ..sem.acquisition import Event
 from .plan import JobPlan, plan_job
 from .postprocessing import map_and_smooth
@@ -34,32 +35,41 @@ from .state import JobState, product_hashes
 log = logging.getLogger("fwimpi")
 
 
-def run_job(spec: JobSpec, comm, forward_only: bool = False) -> dict | None:
-    """Run the job on the ranks of ``comm``; write its products. Collective on comm.
+def run_job(spec: JobSpec, world, forward_only: bool = False,
+            concurrent_events: int | None = None) -> dict | None:
+    """Run the job on the ranks of ``world``; write its products. Collective on world.
 
     Receivers for every event; with a misfit also the misfit and, unless ``forward_only``,
     the raw gradient per event and summed over events, then the mappings and smoothing
-    (rank 0). Returns the summary on rank 0 (None elsewhere).
+    (rank 0). ``concurrent_events`` K (default: the spec's) splits ``world`` into K groups of
+    ``world.size / K`` ranks that take the events as they become free. Returns the summary on
+    rank 0 (None elsewhere).
     """
-    root = comm.rank == 0
+    root = world.rank == 0
     out = Path(spec.output)
+    groups_count = concurrent_events or spec.concurrent_events
+    if world.size % groups_count:
+        raise ConfigError(f"concurrent_events: {world.size} ranks cannot form {groups_count} "
+                          f"equal groups")
     gradients = spec.misfit is not None and not forward_only
-    hashes = decide_on_root(comm, lambda: product_hashes(spec, gradients))
-    products = decide_on_root(comm, lambda: JobState.read(out, hashes).products)
+    hashes = decide_on_root(world, lambda: product_hashes(spec, gradients))
+    products = decide_on_root(world, lambda: JobState.read(out, hashes).products)
     state = JobState(out, hashes, products)
-    if state.all_done() and decide_on_root(comm, (out / "summary.json").is_file):
+    if state.all_done() and decide_on_root(world, (out / "summary.json").is_file):
         if root:
             log.info("all products of job %s are already computed; not run again", spec.name)
             return json.loads((out / "summary.json").read_text())
         return None
-    plan = decide_on_root(comm, lambda: plan_job(spec, comm.size, gradients))
-    with DistributedMesh(comm, plan.mesh) as mesh:
-        return _run(spec, plan, mesh, state, gradients)
+    ranks = world.size // groups_count
+    plan = decide_on_root(world, lambda: plan_job(spec, ranks, gradients))
+    with EventGroups(world, ranks) as groups, DistributedMesh(groups.comm, plan.mesh) as mesh:
+        return _run(spec, plan, groups, mesh, state, gradients)
 
 
-def _run(spec: JobSpec, plan: JobPlan, mesh: DistributedMesh, state: JobState,
-         gradients: bool) -> dict | None:
-    comm, out, root = mesh.comm, Path(spec.output), mesh.comm.rank == 0
+def _run(spec: JobSpec, plan: JobPlan, groups: EventGroups, mesh: DistributedMesh,
+         state: JobState, gradients: bool) -> dict | None:
+    world, comm, out = groups.world, mesh.comm, Path(spec.output)
+    root, leader = world.rank == 0, comm.rank == 0
     axis = plan.axis
     try:
         solver = WaveSolver(mesh, plan.model(mesh.coordinates), axis, spec.simulation.wavelet,
@@ -70,8 +80,9 @@ def _run(spec: JobSpec, plan: JobPlan, mesh: DistributedMesh, state: JobState,
     interval = spec.compression.forward_wavefield_sampling_interval
     if root:
         m = plan.mesh
-        log.info("mesh: %d x %d elements of order %d, %d points on %d rank(s); dt = %.4g s, "
-                 "%d steps", m.nex, m.ney, m.order, m.n_points, comm.size, axis.dt, axis.n_steps)
+        log.info("mesh: %d x %d elements of order %d, %d points on %d rank(s) per event, %d "
+                 "event(s) at once; dt = %.4g s, %d steps", m.nex, m.ney, m.order, m.n_points,
+                 comm.size, groups.count, axis.dt, axis.n_steps)
         if gradients:
             log.info("gradient: forward wavefield kept every %d step(s); %s", interval,
                      "all in memory" if chunk >= axis.n_steps else
@@ -84,65 +95,103 @@ def _run(spec: JobSpec, plan: JobPlan, mesh: DistributedMesh, state: JobState,
         mesh.write_fields(out / rel, fields, {**attrs, **extra}, kernels=kernels)
         return rel
 
-    def reused(key: str, what: str) -> dict | None:
-        entry = state.done(key)
-        if entry is not None and root:
-            log.info("%s: already computed; not run again", what)
-        return entry
-
-    if reused("model", "model") is None:
-        model = solver.model
-        write_fields("model.h5", {p: mesh.to_natural(model[p]) for p in solver.physics.parameters},
-                     kind="model")
-        if root:
-            state.record("model", files=["model.h5", "model.xdmf"])
-    progress = Progress(plan.mesh.n_points, active=root)
+    if groups.index == 0:  # the model file: written by the first group
+        if state.done("model") is None:
+            model = solver.model
+            write_fields("model.h5", {p: mesh.to_natural(model[p])
+                                      for p in solver.physics.parameters}, kind="model")
+            if leader:
+                state.record("model", files=["model.h5", "model.xdmf"])
+        elif leader:
+            log.info("model: already computed; not run again")
+    progress = Progress(plan.mesh.n_points, active=leader)
     solver.progress = progress
     seconds = {"forward": 0.0, "adjoint": 0.0}
     lo, hi = mesh.natural_range
     total = {p: np.zeros(hi - lo) for p in solver.physics.parameters}
-    total_misfit = 0.0
     summed = gradients and state.done("gradient") is None  # the summed gradient to write
-    for event in spec.events:
-        key = f"event/{event.name}"
-        entry = reused(key, f"event {event.name}")
-        if entry is None:
-            entry, fwd, adj, grad = _run_event(spec, plan, state, solver, event, gradients,
-                                               chunk, interval, progress, write_fields)
+    events = spec.events
+    pending = [e for e in events if state.done(f"event/{e.name}") is None]
+    for e in events:
+        entry = state.done(f"event/{e.name}")
+        if entry is not None:
+            if root:
+                log.info("event %s: already computed; not run again", e.name)
+            if summed and groups.index == 0:  # reused gradients: added by the first group
+                grad = mesh.read_fields(out / entry["summary"]["gradient"])
+                for name in total:
+                    total[name] += grad[name]
+
+    def task(i: int):
+        """One event on this group (retried); its summary entry, or its failure."""
+        event = pending[i]
+        label = (f"event {event.name} ({events.index(event) + 1} of {len(events)}, on group "
+                 f"{groups.index + 1} of {groups.count})")
+        for attempt in range(spec.retries + 1):
+            try:
+                entry, fwd, adj, grad = _run_event(spec, plan, state, solver, event, gradients,
+                                                   chunk, interval, progress, write_fields,
+                                                   label)
+            except FwimpiError as err:  # agreed by the group's ranks: retry, or report it
+                if isinstance(err, ConfigError):
+                    raise
+                if leader:
+                    log.warning("%s failed (attempt %d of %d): %s", label, attempt + 1,
+                                spec.retries + 1, err)
+                failure = f"{type(err).__name__}: {err}"
+                continue
             seconds["forward"] += fwd
             seconds["adjoint"] += adj
-            if root:
+            if summed:
+                for name in total:
+                    total[name] += grad[name]
+            if leader:
                 files = [entry["receivers"]] + ([entry["gradient"]] if gradients else [])
-                state.record(key, files=files, summary=entry)
-        else:
-            entry = entry["summary"]
-            grad = mesh.read_fields(out / entry["gradient"]) if summed else None
-        if summed:
-            total_misfit += entry["misfit"]
-            for name in total:
-                total[name] += grad[name]
+                state.record(f"event/{event.name}", files=files, summary=entry)
+            return ("done", entry)
+        return ("failed", failure)
+
+    outcomes = groups.gather_to_root({pending[i].name: r for i, r in
+                                      groups.run(len(pending), task).items()})
+    failed = decide_on_root(world, lambda: {k: v[1] for k, v in outcomes.items()
+                                            if v[0] == "failed"})
+    if failed:
+        raise FwimpiError(f"{len(failed)} of {len(events)} event(s) failed after "
+                          f"{spec.retries + 1} attempt(s) each: " + "; ".join(
+                              f"{name}: {reason}" for name, reason in failed.items())
+                          + "; the other events are done, a rerun computes only these")
+    if root:
+        for name, (_, entry) in outcomes.items():
+            state.products[f"event/{name}"] = {"summary": entry}
+    if summed:
+        total = {name: groups.sum_over_groups(v) for name, v in total.items()}
+    total_misfit = decide_on_root(world, lambda: sum(
+        state.done(f"event/{e.name}")["summary"].get("misfit", 0.0) for e in events))
     summary = {"job": spec.name, "model": "model.h5",
                "events": {e.name: state.done(f"event/{e.name}")["summary"] if root else None
-                          for e in spec.events},
+                          for e in events},
                "mappings": {}, "smoothed": {}, "plots": []}
-    if summed:
+    if summed and groups.index == 0:
         write_fields("gradient.h5", total, kernels=True, kind="raw_gradient", event="sum",
                      misfit=total_misfit, forward_wavefield_sampling_interval=interval)
-        if root:
+        if leader:
             state.record("gradient", files=["gradient.h5", "gradient.xdmf"], misfit=total_misfit)
     elif gradients and root:
         log.info("summed gradient: already computed; not run again")
+    world.Barrier()
     if gradients:
         summary["gradient"] = "gradient.h5"
     if gradients and spec.mappings:
-        products = mesh.on_root(lambda: map_and_smooth(spec, state, out, attrs))
+        products = on_root(world, lambda: map_and_smooth(spec, state, out, attrs))
         summary.update(products or {})
-    peak = mesh.max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    peak = groups.max_over_groups(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    forward = groups.max_over_groups(seconds["forward"])  # the groups run side by side
+    adjoint = groups.max_over_groups(seconds["adjoint"])
     if not root:
         return None
     summary["simulation"] = {
-        "ranks": comm.size, **plan.describe(),
-        "forward_seconds": seconds["forward"], "adjoint_seconds": seconds["adjoint"],
+        "ranks": world.size, "ranks_per_job": comm.size, "concurrent_events": groups.count,
+        **plan.describe(), "forward_seconds": forward, "adjoint_seconds": adjoint,
         "peak_memory_mb_per_rank": peak,
     }
     write_json_atomic(out / "summary.json", summary)
@@ -177,7 +226,7 @@ def _local_misfit(spec: JobSpec, plan: JobPlan, event: Event):
 
 def _run_event(spec: JobSpec, plan: JobPlan, state: JobState, solver: WaveSolver, event: Event,
                gradients: bool, chunk: int | None, interval: int, progress: Progress,
-               write_fields):
+               write_fields, label: str):
     """Collective: simulate one event (and its gradient); write its receivers (rank 0) and
     gradient. Returns (summary entry, forward s, adjoint s, gradient natural slices)."""
     mesh, axis = solver.mesh, plan.axis
@@ -185,7 +234,7 @@ def _run_event(spec: JobSpec, plan: JobPlan, state: JobState, solver: WaveSolver
     n_receivers = len(event.receivers)
     comm.Barrier()
     recomputed = ((axis.n_steps - 1) // chunk) * chunk if gradients else 0
-    progress.start(f"event {event.name}", axis.n_steps * (2 if gradients else 1) + recomputed)
+    progress.start(label, axis.n_steps * (2 if gradients else 1) + recomputed)
     entry = {"receivers": str(Path("events") / event.name / "receivers.h5")}
     adj, grad, checkpoints = 0.0, None, None
     if gradients:
@@ -194,17 +243,22 @@ def _run_event(spec: JobSpec, plan: JobPlan, state: JobState, solver: WaveSolver
             _checkpoint_settings(spec, event, plan, state, comm.size, interval, chunk), chunk,
             f"event {event.name}", checkpoint_bytes(mesh.n_global, -(-axis.n_steps // chunk),
                                                     n_receivers, axis.n_steps))
-        result = solver.gradient(event, _local_misfit(spec, plan, event), interval=interval,
-                                 chunk=chunk, checkpoints=checkpoints)
-        keep, traces, fwd = result.receivers_kept, result.traces, result.forward_seconds
-        adj = mesh.max(result.adjoint_seconds)
-        entry["misfit"] = result.misfit
-        grad = {p: mesh.to_natural(g) for p, g in result.gradient.items()}
-        entry["gradient"] = write_fields(
-            str(Path("events") / event.name / "gradient.h5"), grad, kernels=True,
-            kind="raw_gradient",
-            event=event.name, misfit=result.misfit,
-            forward_wavefield_sampling_interval=interval)
+        try:
+            result = solver.gradient(event, _local_misfit(spec, plan, event), interval=interval,
+                                     chunk=chunk, checkpoints=checkpoints)
+            keep, traces, fwd = result.receivers_kept, result.traces, result.forward_seconds
+            adj = mesh.max(result.adjoint_seconds)
+            entry["misfit"] = result.misfit
+            grad = {p: mesh.to_natural(g) for p, g in result.gradient.items()}
+            entry["gradient"] = write_fields(
+                str(Path("events") / event.name / "gradient.h5"), grad, kernels=True,
+                kind="raw_gradient", event=event.name, misfit=result.misfit,
+                forward_wavefield_sampling_interval=interval)
+        except FwimpiError:
+            # agreed by every rank of the group: close the checkpoint file together now
+            # (an open parallel file closed later by the garbage collector would hang)
+            checkpoints.abandon()
+            raise
     else:
         rec = solver.forward(event)
         keep, traces, fwd = rec.receivers_kept, rec.traces, rec.seconds
@@ -214,10 +268,10 @@ def _run_event(spec: JobSpec, plan: JobPlan, state: JobState, solver: WaveSolver
         checkpoints.finish(traces, (n_receivers, axis.n_steps + 1))
     if root:
         if checkpoints is not None and checkpoints.reuse:
-            log.info("event %s: forward reused, adjoint %.3f s (chunks recomputed from "
-                     "checkpoints)", event.name, adj)
+            log.info("%s: forward reused, adjoint %.3f s (chunks recomputed from "
+                     "checkpoints)", label, adj)
         else:
-            log.info("event %s: forward %.3f s (%.1f M point-updates/s)%s", event.name, fwd,
+            log.info("%s: forward %.3f s (%.1f M point-updates/s)%s", label, fwd,
                      plan.mesh.n_points * axis.n_steps / max(fwd, 1e-9) / 1e6,
                      f", adjoint {adj:.3f} s" if gradients else "")
         data = ReceiverData({"phi": traces}, event.receiver_coordinates, axis.dt,
@@ -232,7 +286,7 @@ def _run_event(spec: JobSpec, plan: JobPlan, state: JobState, solver: WaveSolver
                 raise NumericalError(f"event {event.name}: the misfit is not finite "
                                      f"({entry['misfit']})")
         if "misfit" in entry:
-            log.info("event %s: misfit %s = %.6e", event.name, spec.misfit.misfit_function,
+            log.info("%s: misfit %s = %.6e", label, spec.misfit.misfit_function,
                      entry["misfit"])
     entry = comm.bcast(entry, root=0)
     return entry, fwd, adj, grad

@@ -33,8 +33,9 @@ from ..inversion.optimize import LBFGS, LineSearchFailed, iterate
 from ..inversion.solver import ModelError, WaveSolver
 from ..inversion.space import InversionSpace, SpaceError, coarse_mesh
 from ..mesh.files import atomic_path, with_kernels, write_json_atomic, write_mesh_h5
-from ..parallel.collective import decide_on_root
+from ..parallel.collective import decide_on_root, on_root
 from ..parallel.distributed import DistributedMesh
+from ..parallel.groups import EventGroups
 from ..sem.misfits import FilteredMisfit
 from ..sem.operators import assembled_sum
 from ..sem.signals import ZeroPhaseLowpass
@@ -47,19 +48,25 @@ log = logging.getLogger("fwimpi")
 FOLDER = "inversion"
 
 
-def run_inversion(spec: JobSpec, comm) -> dict | None:
-    """Run the job's inversion on the ranks of ``comm``. Collective on comm. Returns the
+def run_inversion(spec: JobSpec, world, concurrent_events: int | None = None) -> dict | None:
+    """Run the job's inversion on the ranks of ``world``, ``concurrent_events`` (default: the
+    spec's) groups of ranks simulating events side by side. Collective on world. Returns the
     summary on rank 0 (None elsewhere)."""
     if spec.inversion is None:
         raise ConfigError("inversion: the job spec has no inversion block")
-    plan = decide_on_root(comm, lambda: plan_job(spec, comm.size, True, inversion=True))
-    with DistributedMesh(comm, plan.mesh) as mesh:
+    count = concurrent_events or spec.concurrent_events
+    if world.size % count:
+        raise ConfigError(f"concurrent_events: {world.size} ranks cannot form {count} equal "
+                          f"groups")
+    ranks = world.size // count
+    plan = decide_on_root(world, lambda: plan_job(spec, ranks, True, inversion=True))
+    with EventGroups(world, ranks) as groups, DistributedMesh(groups.comm, plan.mesh) as mesh:
         try:
             solver = WaveSolver(mesh, plan.model(mesh.coordinates), plan.axis,
                                 spec.simulation.wavelet, spec.simulation.absorbing)
         except ModelError as err:
             raise ConfigError(str(err)) from None
-        driver = _Driver(spec, plan, mesh, solver)
+        driver = _Driver(spec, plan, groups, mesh, solver)
         try:
             return driver.run()
         finally:
@@ -69,8 +76,9 @@ def run_inversion(spec: JobSpec, comm) -> dict | None:
 def settings_hash(spec: JobSpec, plan: JobPlan) -> str:
     """What the iterates depend on: the spec (less its output folder), the time axis and
     fwimpi's version."""
-    resolved = {k: v for k, v in spec.resolved.items() if k not in ("output", "ranks_per_job",
-                                                                     "site", "name")}
+    resolved = {k: v for k, v in spec.resolved.items()
+                if k not in ("output", "ranks_per_job", "site", "name", "concurrent_events",
+                             "retries")}
     text = json.dumps([__version__, resolved, plan.axis.dt, plan.axis.n_steps,
                        plan.mesh.description()], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -80,13 +88,15 @@ class _Driver:
     """Collective: the inversion loop. Rank 0 holds the optimizer; the others serve the
     evaluations it requests."""
 
-    def __init__(self, spec: JobSpec, plan: JobPlan, mesh: DistributedMesh, solver: WaveSolver):
+    def __init__(self, spec: JobSpec, plan: JobPlan, groups: EventGroups, mesh: DistributedMesh,
+                 solver: WaveSolver):
         self.spec, self.plan, self.mesh, self.solver = spec, plan, mesh, solver
-        self.comm = mesh.comm
+        self.groups = groups
+        self.comm = groups.world
         self.root = self.comm.rank == 0
         self.folder = Path(spec.output) / FOLDER
         self.inv = spec.inversion
-        self.ranges = self.comm.gather(mesh.natural_range, root=0)
+        self.ranges = self.comm.gather(mesh.natural_range, root=0)  # per world rank
         self.interval = spec.compression.forward_wavefield_sampling_interval
         budget = spec.compression.memory_per_rank_in_mb * 2**20
         self.chunk = plan_chunks(plan.axis.n_steps, self.interval, plan.max_local_points,
@@ -94,7 +104,7 @@ class _Driver:
         self.settings = settings_hash(spec, plan)
         self.simulations = 0
         self.stopped = None
-        self.space = mesh.on_root(self._space)  # rank 0 only
+        self.space = on_root(self.comm, self._space)  # world rank 0 only
 
     def close(self) -> None:
         if self.space is not None:
@@ -130,12 +140,13 @@ class _Driver:
                     return steps.send(result) if result is not None else next(steps)
                 except StopIteration:
                     return None
-            request = self.mesh.on_root(next_request)  # the model stays on rank 0
+            request = on_root(self.comm, next_request)  # the model stays on rank 0
             meta = self.comm.bcast(None if request is None else request[1:], root=0)
             if meta is None:
                 break
             result = self._evaluate(request[0] if self.root else None, *meta)
-        peak = self.mesh.max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+        peak = self.groups.max_over_groups(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
         if not self.root:
             return None
         return self._summary(time.perf_counter() - started, peak)
@@ -226,39 +237,49 @@ class _Driver:
         found = ([self._cached(self._key(model, stage, e.name)) for e in events]
                  if self.root else None)
         reused = decide_on_root(comm, lambda: [c is not None for c in found])
+        pending = [i for i, r in enumerate(reused) if not r]
         misfit, dt = self._misfit(stage), self.plan.axis.dt
+        groups = self.groups
+
+        def task(n: int):
+            """Event ``pending[n]`` on this group: (misfit, raw gradient, traces) on its
+            leader."""
+            i = pending[n]
+            event = events[i]
+            if groups.leader:
+                log.info("%s, event %d of %d (%s) on group %d of %d", label, i + 1, len(events),
+                         event.name, groups.index + 1, groups.count)
+            observed = self.plan.observed[event.name]
+            result = self.solver.gradient(
+                event, lambda keep, tr: misfit.evaluate(tr, observed[keep], dt),
+                interval=self.interval, chunk=self.chunk)
+            gradient = {p: self._gather(mesh.to_natural(g)) for p, g in result.gradient.items()}
+            traces = mesh.gather_rows(result.receivers_kept, result.traces, len(event.receivers))
+            return result.misfit, gradient, traces
+
+        computed = groups.gather_to_root(groups.run(len(pending), task))
+        if not self.root:
+            return None, None, None
         total, raw, first_traces = 0.0, {}, None
         for i, event in enumerate(events):
             if reused[i]:
-                j, gradient, traces = found[i] if self.root else (0.0, None, None)
-                if self.root:
-                    log.info("%s, event %d of %d (%s): already computed; not run again", label,
-                             i + 1, len(events), event.name)
+                j, gradient, traces = found[i]
+                log.info("%s, event %d of %d (%s): already computed; not run again", label,
+                         i + 1, len(events), event.name)
             else:
-                if self.root:
-                    log.info("%s, event %d of %d (%s)", label, i + 1, len(events), event.name)
-                observed = self.plan.observed[event.name]
-                result = self.solver.gradient(
-                    event, lambda keep, tr: misfit.evaluate(tr, observed[keep], dt),
-                    interval=self.interval, chunk=self.chunk)
-                j = result.misfit
-                gradient = {p: self._gather(mesh.to_natural(g)) for p, g in
-                            result.gradient.items()}
-                traces = mesh.gather_rows(result.receivers_kept, result.traces,
-                                          len(event.receivers))
+                j, gradient, traces = computed[pending.index(i)]
                 self.simulations += 1
-                if self.root:
-                    self._store(self._key(model, stage, event.name), j, gradient, traces)
+                self._store(self._key(model, stage, event.name), j, gradient, traces)
             total += j
-            if self.root:
-                raw[event.name] = gradient
-                if i == 0:
-                    first_traces = traces
-        return (total, raw, first_traces) if self.root else (None, None, None)
+            raw[event.name] = gradient
+            if i == 0:
+                first_traces = traces
+        return total, raw, first_traces
 
     def _gather(self, natural_slice: np.ndarray) -> np.ndarray | None:
-        parts = self.comm.gather(natural_slice, root=0)
-        return np.concatenate(parts) if self.root else None
+        """A natural-order array from this group's slices, on the group's leader."""
+        parts = self.mesh.comm.gather(natural_slice, root=0)
+        return np.concatenate(parts) if self.groups.leader else None
 
     def _cache_path(self, key: str) -> Path:
         return self.folder / "evaluations" / f"{key}.npz"

@@ -141,7 +141,7 @@ def batch_template(site: SlurmSite) -> string.Template:
 
 def render_batch_script(site: SlurmSite, job_path: Path, job_name: str, output_dir: Path,
                         ranks: int, forward_only: bool, *, invert: bool = False,
-                        cores: int | None = None,
+                        concurrent_events: int = 1, cores: int | None = None,
                         python: str | None = None) -> str:
     """The sbatch script that runs ``fwimpi exec job_path`` on ``ranks`` ranks.
 
@@ -173,7 +173,8 @@ def render_batch_script(site: SlurmSite, job_path: Path, job_name: str, output_d
         "site": site.name, "launcher": site.launcher, "arguments": " ".join(site.arguments),
         # the template's ``forward_only`` placeholder holds exec's extra arguments
         "python": python, "job": job,
-        "forward_only": " --forward-only" if forward_only else " --invert" if invert else "",
+        "forward_only": (" --forward-only" if forward_only else " --invert" if invert else "")
+        + (f" --concurrent-events {concurrent_events}" if concurrent_events > 1 else ""),
         # more ranks than cores: waiting ranks must yield their core (srun does not tell
         # OpenMPI that it is oversubscribed, and busy polling then slows everything ~10x)
         "overcommit_env": "export OMPI_MCA_mpi_yield_when_idle=1" if ranks > cores else "",
@@ -294,6 +295,7 @@ def slurm_dir(output_dir: Path) -> Path:
 
 def run_on_slurm(site: SlurmSite, job_path: Path, spec_name: str, output_dir: Path, ranks: int,
                  forward_only: bool, wait: bool = True, poll: float = 1.0, invert: bool = False,
+                 concurrent_events: int = 1,
                  timeout: float | None = None) -> tuple[int, str]:
     """Render, write and submit the batch script of a job; record it in ``slurm/job.json``.
 
@@ -303,8 +305,9 @@ def run_on_slurm(site: SlurmSite, job_path: Path, spec_name: str, output_dir: Pa
     job_path = Path(os.path.abspath(job_path))
     output_dir = Path(os.path.abspath(output_dir))
     cores = partition_cpus(site.partition)
-    text = render_batch_script(site, job_path, spec_name, output_dir, ranks, forward_only,
-                               invert=invert,
+    text = render_batch_script(site, job_path, spec_name, output_dir,
+                               ranks * concurrent_events, forward_only, invert=invert,
+                               concurrent_events=concurrent_events,
                                cores=cores)
     mark_output_folder(output_dir, spec_name)  # the batch script is the folder's first file
     folder = slurm_dir(output_dir)
@@ -315,7 +318,8 @@ def run_on_slurm(site: SlurmSite, job_path: Path, spec_name: str, output_dir: Pa
     job_id = submit(script)
     record = {"job_id": job_id, "state": "SUBMITTED", "script": str(script),
               "log": str(folder / f"{spec_name}-{job_id}.log"), "job": str(job_path),
-              "name": spec_name, "ranks": ranks, "forward_only": forward_only, "invert": invert,
+              "name": spec_name, "ranks": ranks * concurrent_events, "forward_only": forward_only,
+              "invert": invert, "concurrent_events": concurrent_events,
               "site": site.name, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json_atomic(folder / "job.json", record)
     state = job_state(job_id)

@@ -174,6 +174,8 @@ class JobSpec:
     name: str
     ranks_per_job: int
     site: str
+    concurrent_events: int
+    retries: int
     domain: Domain
     model: ModelSource
     events: tuple[Event, ...]
@@ -327,7 +329,8 @@ def parse_job_spec(data: dict, base_dir: str | os.PathLike) -> JobSpec:
     base_dir = Path(os.path.abspath(Path(base_dir).expanduser()))
     if not isinstance(data, dict):
         _fail("job spec", "the top level must be a mapping of keys to values", data)
-    d = _mapping(data, "", ("name", "ranks_per_job", "site", "domain", "model", "events",
+    d = _mapping(data, "", ("name", "ranks_per_job", "site", "concurrent_events", "retries",
+                            "domain", "model", "events",
                             "simulation_configuration", "misfit_configuration",
                             "wavefield_compression", "mappings", "smoothing", "inversion",
                             "output"),
@@ -336,6 +339,9 @@ def parse_job_spec(data: dict, base_dir: str | os.PathLike) -> JobSpec:
     ranks = _opt(d, "", "ranks_per_job", 1,
                  lambda v, p: _number(v, p, integer=True, lo=1, hi=100_000))
     site = _opt(d, "", "site", "local", _name)
+    concurrent = _opt(d, "", "concurrent_events", 1,
+                      lambda v, p: _number(v, p, integer=True, lo=1, hi=100_000))
+    retries = _opt(d, "", "retries", 1, lambda v, p: _number(v, p, integer=True, lo=0, hi=10))
     domain = _domain(d["domain"], "domain")
     model = _model(d["model"], "model", base_dir)
     events = _events(d["events"], "events", domain)
@@ -352,7 +358,8 @@ def parse_job_spec(data: dict, base_dir: str | os.PathLike) -> JobSpec:
                      lambda v, p: _inversion(v, p, mappings, smoothing, misfit, simulation))
     output = _opt(d, "", "output", _resolve_path(f"runs/{name}", base_dir),
                   lambda v, p: _path(v, p, base_dir))
-    parts = dict(name=name, ranks_per_job=ranks, site=site, domain=domain, model=model,
+    parts = dict(name=name, ranks_per_job=ranks, site=site, concurrent_events=concurrent,
+                 retries=retries, domain=domain, model=model,
                  events=events, simulation=simulation, misfit=misfit, compression=compression,
                  mappings=mappings, smoothing=smoothing, smoothing_applies_to=applies_to,
                  inversion=inversion, output=output, base_dir=base_dir)
@@ -709,7 +716,8 @@ def _inversion(data, path, mappings, smoothing, misfit, simulation) -> Inversion
     return InversionConfig(mapping, preconditioner, memory, stages, bounds, size)
 
 
-def _resolved(*, name, ranks_per_job, site, domain, model, events, simulation, misfit,
+def _resolved(*, name, ranks_per_job, site, concurrent_events, retries, domain, model, events,
+              simulation, misfit,
               compression, mappings, smoothing, smoothing_applies_to, inversion, output,
               base_dir) -> dict:
     """The spec in its own YAML vocabulary, defaults filled in, receivers expanded to
@@ -717,6 +725,7 @@ def _resolved(*, name, ranks_per_job, site, domain, model, events, simulation, m
     sim, absorbing = simulation, simulation.absorbing
     return {
         "name": name, "ranks_per_job": ranks_per_job, "site": site,
+        "concurrent_events": concurrent_events, "retries": retries,
         "domain": {"dimension": domain.dimension, "x": list(domain.x), "y": list(domain.y)},
         "model": ({"file": str(model.file)} if model.file is not None
                   else {"vp": model.vp, "rho": model.rho}),

@@ -1,10 +1,11 @@
 """The result cache of a job's output folder: product hashes, a state file, a lock.
 
 Every product is keyed by a hash of the settings that determine it (input files by their
-content). The state file ``<output>/.fwimpi-state.json`` (written atomically after each
-product) records the hash, the summary entries and the SHA-256 of every file of every
-finished product, so a rerun reuses what is done and intact, a job killed mid-way resumes,
-and changed settings recompute only what they touch. The lock ``<output>/.fwimpi.lock``
+content). The state folder ``<output>/.fwimpi-state/`` holds one record per finished product
+(``<key>.json``, written atomically by the rank that finished it, so groups of ranks working
+on different events never write the same file): its hash, summary entries and the SHA-256 of
+every file, so a rerun reuses what is done and intact, a job killed mid-way resumes, and
+changed settings recompute only what they touch. The lock ``<output>/.fwimpi.lock``
 names the job's processes and refuses a second run into the same folder; the marker
 ``<output>/.fwimpi-output`` says the folder is fwimpi's, and fwimpi refuses to write into a
 non-empty folder that is not.
@@ -23,7 +24,7 @@ from ..errors import ConfigError
 from ..mesh.files import remove_temp_files, temp_path, write_json_atomic
 from .spec import JobSpec, observed_file
 
-STATE_NAME = ".fwimpi-state.json"
+STATE_NAME = ".fwimpi-state"
 LOCK_NAME = ".fwimpi.lock"
 MARKER_NAME = ".fwimpi-output"
 LOCK_ENV = "FWIMPI_LOCK_TOKEN"
@@ -85,7 +86,8 @@ def product_hashes(spec: JobSpec, gradients: bool) -> dict[str, str]:
 
 class JobState:
     """What is done in an output folder. Read by rank 0 (``read``) and handed to the other
-    ranks (``products``), so every rank takes the same decisions; written by rank 0 only."""
+    ranks (``products``), so every rank takes the same decisions; each product's record is
+    written by the rank that finished it (``record``), in a file of its own."""
 
     def __init__(self, output: Path, hashes: dict[str, str], products: dict[str, dict]):
         self.output, self.hashes = Path(output), hashes
@@ -94,20 +96,19 @@ class JobState:
 
     @classmethod
     def read(cls, output: Path, hashes: dict[str, str]) -> "JobState":
-        """The state file's products whose hash matches and whose files are intact (their
-        content digests match the recorded ones); a damaged state file counts as empty."""
+        """The recorded products whose hash matches and whose files are intact (their
+        content digests match the recorded ones); damaged records count as missing."""
         output = Path(output)
-        try:
-            stored = json.loads((output / STATE_NAME).read_text())
-        except (OSError, ValueError, RecursionError):
-            stored = {}
-        products = stored.get("products", {}) if isinstance(stored, dict) else {}
-        if not isinstance(products, dict):
-            products = {}
-        return cls(output, hashes, {key: entry for key, entry in products.items()
-                                    if isinstance(entry, dict)
-                                    and hashes.get(key) == entry.get("hash")
-                                    and _intact(output, entry)})
+        products = {}
+        for key in hashes:
+            try:
+                entry = json.loads(record_path(output, key).read_text())
+            except (OSError, ValueError, RecursionError):
+                continue
+            if (isinstance(entry, dict) and entry.get("hash") == hashes[key]
+                    and _intact(output, entry)):
+                products[key] = entry
+        return cls(output, hashes, products)
 
     def done(self, key: str) -> dict | None:
         """The recorded entry of a finished product with the current settings, or None."""
@@ -117,12 +118,17 @@ class JobState:
         return all(key in self.products for key in self.hashes)
 
     def record(self, key: str, files: list[str], **entry) -> None:
-        """Rank 0: mark a product finished (its files relative to the output folder, with
-        their content digests)."""
+        """Mark a product finished (its files relative to the output folder, with their
+        content digests): by the one rank that finished it."""
         digests = {rel: file_digest(self.output / rel) for rel in files}
         self.products[key] = {"hash": self.hashes[key], "files": files, "sha256": digests,
                               **entry}
-        write_json_atomic(self.path, {"products": self.products})
+        write_json_atomic(record_path(self.output, key), self.products[key])
+
+
+def record_path(output: Path, key: str) -> Path:
+    """The file of a product's record: ``<output>/.fwimpi-state/<key, / as -->.json``."""
+    return Path(output) / STATE_NAME / (key.replace("/", "--") + ".json")
 
 
 def _intact(output: Path, entry: dict) -> bool:

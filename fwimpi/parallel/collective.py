@@ -109,6 +109,27 @@ def decide_on_root(comm, step: Callable[[], object]):
     raise _rebuild(*value) from error
 
 
+def on_root(comm, step: Callable[[], object]):
+    """Run ``step()`` on rank 0 while the others wait; an error there is raised on every
+    rank (its type when it is an FwimpiError). Returns the result on rank 0, None elsewhere.
+    Collective on comm."""
+    result, error = None, None
+    if comm.rank == 0:
+        try:
+            result = step()
+        except Exception as err:  # noqa: BLE001 - raised below, on every rank
+            error = err
+    failure = comm.bcast(None if error is None else (
+        type(error) if isinstance(error, FwimpiError) else FwimpiError,
+        str(error) if isinstance(error, FwimpiError) else f"{type(error).__name__}: {error}"),
+        root=0)
+    if failure is not None:
+        if error is not None:
+            raise error
+        raise _rebuild(*failure)
+    return result
+
+
 def free_bytes(folder: Path) -> int:
     """Bytes available to this user on the file system of ``folder`` (or of its nearest
     existing parent)."""

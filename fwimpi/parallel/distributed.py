@@ -27,7 +27,7 @@ from ..mesh.structured import StructuredMesh
 from ..sem.geometry import point_weights
 from ..sem.operators import assembled_sum
 from ..sem.timestepper import PointSampling
-from .collective import _rebuild, decide_on_root, watchdog
+from .collective import _rebuild, decide_on_root, on_root, watchdog
 
 __all__ = ("DistributedMesh", "decide_on_root")
 from .decomposition import decompose, local_part
@@ -145,14 +145,7 @@ class DistributedMesh:
     def on_root(self, step: Callable[[], object]):
         """Run ``step()`` on rank 0 while the others wait; an error there is raised on every
         rank. Returns the result on rank 0, None elsewhere. Collective."""
-        result, error = None, None
-        if self.comm.rank == 0:
-            try:
-                result = step()
-            except Exception as err:  # noqa: BLE001 - raised below, on every rank
-                error = err
-        self.agree(error if self.comm.rank == 0 else None)
-        return result
+        return on_root(self.comm, step)
 
     # ------------------------------------------------------------------ natural order
 
@@ -248,5 +241,6 @@ class DistributedMesh:
     def __enter__(self) -> "DistributedMesh":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.destroy()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:  # after a failure the other ranks may be elsewhere: no collective
+            self.destroy()
