@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: the spec's concurrent_events)")
         if name == "exec":
             r.add_argument("--invert", action="store_true", help="run the inversion block")
+            r.add_argument("--events", help="run only these events (comma-separated), nothing "
+                                            "after them (a job step of a site with isolation)")
         else:
             r.add_argument("--site", help="site name: a user site (FWIMPI_SITES, "
                                           "~/.config/fwimpi/sites) or a shipped one "
@@ -68,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
             r.add_argument("--ranks", type=int, help="override ranks_per_job")
             r.add_argument("--no-wait", action="store_true",
                            help="SLURM: submit, print the job id and return")
+
+    sp = sub.add_parser("steps", help="run a job as one job step per event (SLURM isolation)",
+                        description="What the batch script of a SLURM site with `isolation: "
+                        "event` runs inside its allocation: each event as its own `srun` job "
+                        "step (K at a time, each retried), then one step for the rest of the job.")
+    sp.add_argument("job", type=Path, help="YAML job spec")
+    sp.add_argument("--site", required=True, help="the SLURM site (its launcher and arguments)")
+    sp.add_argument("--ranks-per-job", type=int, required=True)
+    sp.add_argument("--concurrent-events", type=int, default=1)
+    sp.add_argument("--forward-only", action="store_true")
 
     st = sub.add_parser("status", help="state of a job submitted to SLURM",
                         description="Print the SLURM state and the log's tail of the job whose "
@@ -246,6 +258,68 @@ def _run_on_slurm(args, spec, site, ranks: int, concurrent: int = 1) -> int:
     return 0
 
 
+def _steps(args) -> int:
+    """Run every pending event as its own job step, ``--concurrent-events`` at a time, each
+    retried ``retries`` times; then the rest of the job (sums, mappings, summary) as one more
+    step. Ends non-zero, naming them, when events still failed."""
+    import subprocess
+    import time
+
+    from .jobs.sites import load_site
+    from .jobs.spec import load_job_spec
+    from .jobs.state import LOCK_ENV, JobState, OutputLock, product_hashes
+
+    spec = load_job_spec(args.job)
+    site = load_site(args.site)
+    if site.kind != "slurm":
+        raise ConfigError(f"--site: '{args.site}' is not a SLURM site")
+    ranks, slots = args.ranks_per_job, max(1, args.concurrent_events)
+    gradients = spec.misfit is not None and not args.forward_only
+    state = JobState.read(spec.output, product_hashes(spec, gradients))
+    pending = [e.name for e in spec.events if state.done(f"event/{e.name}") is None]
+    extra = ["--forward-only"] if args.forward_only else []
+
+    def step(events: list[str]) -> list[str]:
+        tail = ["--events", ",".join(events)] if events else []
+        return [site.launcher, *site.arguments, "--exact", "-n", str(ranks), sys.executable,
+                "-m", "mpi4py", "-m", "fwimpi.cli", "exec", str(args.job.resolve()), *extra,
+                *tail]
+
+    with OutputLock(spec.output, spec.name) as lock:
+        env = {**os.environ, LOCK_ENV: lock.token}
+        attempts = {name: 0 for name in pending}
+        queue, running, failed = list(pending), {}, {}
+        while queue or running:
+            while queue and len(running) < slots:
+                name = queue.pop(0)
+                attempts[name] += 1
+                log.info("event %s: job step, attempt %d of %d", name, attempts[name],
+                         spec.retries + 1)
+                running[name] = subprocess.Popen(step([name]), env=env)
+            for name, proc in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del running[name]
+                if code == 0:
+                    continue
+                if attempts[name] <= spec.retries:
+                    log.warning("event %s: its job step failed (exit status %d); retried", name,
+                                code)
+                    queue.append(name)
+                else:
+                    failed[name] = code
+            time.sleep(0.2)
+        if failed:
+            raise FwimpiError(f"{len(failed)} of {len(spec.events)} event(s) failed after "
+                              f"{spec.retries + 1} attempt(s): " + ", ".join(
+                                  f"{n} (exit status {c})" for n, c in failed.items())
+                              + "; the other events are done, a rerun computes only these")
+        log.info("every event is done; the rest of the job runs as one job step")
+        code = subprocess.run(step([]), env=env).returncode
+    return 1 if code < 0 else code
+
+
 def _status(args) -> int:
     from .jobs.slurm import status
 
@@ -282,8 +356,11 @@ def _exec(args, in_process: bool = False) -> int:
                 if getattr(args, "invert", False):
                     summary = run_inversion(spec, comm, concurrent)
                 else:
+                    only = getattr(args, "events", None)
                     summary = run_job(spec, comm, forward_only=args.forward_only,
-                                      concurrent_events=concurrent)
+                                      concurrent_events=concurrent,
+                                      only_events=None if only is None else tuple(
+                                          e for e in only.split(",") if e))
     except BaseException as err:  # noqa: BLE001 - any error must end every rank, never hang
         from .mesh.files import remove_temp_files
 
@@ -464,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.quiet)
     commands = {"validate": _validate, "run": _run, "invert": _run, "exec": _exec,
+                "steps": _steps,
                 "plot": _plot,
                 "export": _export, "compression-study": _compression_study, "status": _status}
     from .jobs.signals import Interrupted

@@ -532,3 +532,58 @@ def test_cli_run_site_slurm_waits_and_status_reports(cluster, tmp_path):
     status = subprocess.run([sys.executable, "-m", "fwimpi.cli", "status", str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=60, env=env)
     assert status.returncode == 0 and "COMPLETED" in status.stdout
+
+
+def test_isolation_runs_each_event_as_a_job_step_and_retries_a_killed_one(cluster, tmp_path,
+                                                                          monkeypatch):
+    """With `isolation: event`, 4 events (2 at a time) run as their own job steps; a rank of
+    one of them killed by SIGKILL ends only that step, which is retried: the job completes and
+    its products equal an ordinary run's."""
+    from test_events import JOB as EVENTS_JOB
+
+    sites_dir = tmp_path / "sites"
+    sites_dir.mkdir()
+    (sites_dir / "isolated.yaml").write_text(
+        "type: slurm\npartition: debug\ntime_limit: '00:10:00'\nisolation: event\n")
+    monkeypatch.setenv("FWIMPI_SITES", str(sites_dir))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain/job.yaml").write_text(EVENTS_JOB.replace("end_time_in_seconds: 0.6",
+                                                                "end_time_in_seconds: 1.5"))
+    from fwimpi.cli import main
+
+    assert main(["-q", "run", str(tmp_path / "plain/job.yaml")]) == 0
+    job = tmp_path / "job.yaml"
+    job.write_text((tmp_path / "plain/job.yaml").read_text())
+    spec = load_job_spec(job)
+    killed = []
+
+    def kill_once():  # SIGKILL a rank of event ev2's first job step
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            pids = subprocess.run(["pgrep", "-f", "fwimpi.cli exec .* --events ev2"],
+                                  capture_output=True, text=True).stdout.split()
+            if pids:
+                time.sleep(0.5)
+                os.kill(int(pids[0]), 9)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    import threading
+
+    killer = threading.Thread(target=kill_once, daemon=True)
+    killer.start()
+    job_id, state = run_on_slurm(load_site("isolated"), job, spec.name, spec.output, 1, False,
+                                 poll=0.25, timeout=300, concurrent_events=2)
+    killer.join(5)
+    record = json.loads((spec.output / "slurm" / "job.json").read_text())
+    log = Path(record["log"]).read_text()
+    assert state == "COMPLETED", log[-3000:]
+    assert killed, "the event's job step was never seen"
+    assert "fwimpi.cli steps" in Path(record["script"]).read_text()
+    assert "event ev2: its job step failed" in log and "retried" in log
+    assert "event ev2: job step, attempt 2 of 2" in log
+    ref = json.loads((tmp_path / "plain/out/summary.json").read_text())
+    got = json.loads((spec.output / "summary.json").read_text())
+    for name in ("ev0", "ev1", "ev2", "ev3"):
+        assert got["events"][name]["misfit"] == pytest.approx(ref["events"][name]["misfit"],
+                                                              rel=1e-12)

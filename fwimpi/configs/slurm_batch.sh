@@ -16,6 +16,8 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 $overcommit_env
 echo "fwimpi: SLURM job $${SLURM_JOB_ID:-?} on $${SLURM_JOB_NODELIST:-?}, $ranks rank(s): $job"
 status=0
-$launcher $arguments -n $ranks $python -m mpi4py -m fwimpi.cli exec $job$forward_only || status=$$?
+# $$command: `srun ... fwimpi.cli exec JOB`, or with the site's isolation: `fwimpi.cli steps JOB`,
+# which runs every event as its own job step (retried), then the rest of the job
+$command || status=$$?
 echo "fwimpi: exit status $$status"
 exit $$status

@@ -36,14 +36,16 @@ log = logging.getLogger("fwimpi")
 
 
 def run_job(spec: JobSpec, world, forward_only: bool = False,
-            concurrent_events: int | None = None) -> dict | None:
+            concurrent_events: int | None = None,
+            only_events: tuple[str, ...] | None = None) -> dict | None:
     """Run the job on the ranks of ``world``; write its products. Collective on world.
 
     Receivers for every event; with a misfit also the misfit and, unless ``forward_only``,
     the raw gradient per event and summed over events, then the mappings and smoothing
     (rank 0). ``concurrent_events`` K (default: the spec's) splits ``world`` into K groups of
-    ``world.size / K`` ranks that take the events as they become free. Returns the summary on
-    rank 0 (None elsewhere).
+    ``world.size / K`` ranks that take the events as they become free. ``only_events``: run
+    just these events (recorded as products) and nothing after them: what a SLURM site with
+    isolation runs as one job step per event. Returns the summary on rank 0 (None elsewhere).
     """
     root = world.rank == 0
     out = Path(spec.output)
@@ -55,7 +57,11 @@ def run_job(spec: JobSpec, world, forward_only: bool = False,
     hashes = decide_on_root(world, lambda: product_hashes(spec, gradients))
     products = decide_on_root(world, lambda: JobState.read(out, hashes).products)
     state = JobState(out, hashes, products)
-    if state.all_done() and decide_on_root(world, (out / "summary.json").is_file):
+    if only_events is not None:
+        unknown = sorted(set(only_events) - {e.name for e in spec.events})
+        if unknown:
+            raise ConfigError(f"--events: no event {', '.join(unknown)} in the job")
+    elif state.all_done() and decide_on_root(world, (out / "summary.json").is_file):
         if root:
             log.info("all products of job %s are already computed; not run again", spec.name)
             return json.loads((out / "summary.json").read_text())
@@ -63,11 +69,11 @@ def run_job(spec: JobSpec, world, forward_only: bool = False,
     ranks = world.size // groups_count
     plan = decide_on_root(world, lambda: plan_job(spec, ranks, gradients))
     with EventGroups(world, ranks) as groups, DistributedMesh(groups.comm, plan.mesh) as mesh:
-        return _run(spec, plan, groups, mesh, state, gradients)
+        return _run(spec, plan, groups, mesh, state, gradients, only_events)
 
 
 def _run(spec: JobSpec, plan: JobPlan, groups: EventGroups, mesh: DistributedMesh,
-         state: JobState, gradients: bool) -> dict | None:
+         state: JobState, gradients: bool, only_events=None) -> dict | None:
     world, comm, out = groups.world, mesh.comm, Path(spec.output)
     root, leader = world.rank == 0, comm.rank == 0
     axis = plan.axis
@@ -111,8 +117,9 @@ def _run(spec: JobSpec, plan: JobPlan, groups: EventGroups, mesh: DistributedMes
     total = {p: np.zeros(hi - lo) for p in solver.physics.parameters}
     summed = gradients and state.done("gradient") is None  # the summed gradient to write
     events = spec.events
-    pending = [e for e in events if state.done(f"event/{e.name}") is None]
-    for e in events:
+    pending = [e for e in events if state.done(f"event/{e.name}") is None
+               and (only_events is None or e.name in only_events)]
+    for e in events if only_events is None else ():
         entry = state.done(f"event/{e.name}")
         if entry is not None:
             if root:
@@ -160,6 +167,8 @@ def _run(spec: JobSpec, plan: JobPlan, groups: EventGroups, mesh: DistributedMes
                           f"{spec.retries + 1} attempt(s) each: " + "; ".join(
                               f"{name}: {reason}" for name, reason in failed.items())
                           + "; the other events are done, a rerun computes only these")
+    if only_events is not None:
+        return None  # the job step of these events is done; the rest is another step's
     if root:
         for name, (_, entry) in outcomes.items():
             state.products[f"event/{name}"] = {"summary": entry}

@@ -140,11 +140,14 @@ class SlurmSite:
     #: the batch script template (a ``string.Template``); None: the shipped one,
     #: ``fwimpi/configs/slurm_batch.sh``
     batch_template: Traversable | None = None
+    #: ``"event"``: every event runs as its own job step (``srun``) inside the allocation, so
+    #: that one event's crash does not end the others; None: one MPI job for all events
+    isolation: str | None = None
 
 
 _LOCAL_KEYS = frozenset({"type", "launcher", "arguments"})
 _SLURM_KEYS = frozenset({"type", "partition", "time_limit", "account", "directives", "launcher",
-                         "arguments", "batch_template"})
+                         "arguments", "batch_template", "isolation"})
 
 
 def load_site(name: str) -> LocalSite | SlurmSite:
@@ -214,8 +217,12 @@ def _slurm_site(name: str, data: dict, launcher: str, arguments: tuple[str, ...]
             raise ConfigError(f"site '{name}'.directives[{i}]: --{reserved} is set by fwimpi "
                               f"(from the job or the site's own keys), got {d!r}")
     template = _batch_template(name, data.get("batch_template"), folder)
+    isolation = data.get("isolation")
+    if isolation not in (None, "event"):
+        raise ConfigError(f"site '{name}'.isolation: must be 'event' (one job step per event) "
+                          f"or null, got {isolation!r}")
     return SlurmSite(name, partition, time_limit, account, tuple(directives), launcher, arguments,
-                     template)
+                     template, isolation)
 
 
 def _batch_template(name: str, value, folder: Traversable) -> Traversable | None:

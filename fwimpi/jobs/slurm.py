@@ -39,7 +39,7 @@ TEMPLATE = CONFIGS.joinpath("slurm_batch.sh")
 #: the placeholders a batch template may use (``$name`` or ``${name}``; ``$$`` is a ``$``)
 TEMPLATE_KEYS = ("job_name", "partition", "time_limit", "ranks", "workdir", "log", "directives",
                  "site", "launcher", "arguments", "python", "job", "forward_only",
-                 "overcommit_env")
+                 "overcommit_env", "command")
 
 #: states after which a job never changes again (``UNKNOWN``: scontrol has forgotten it)
 FINAL_STATES = frozenset({
@@ -165,6 +165,24 @@ def render_batch_script(site: SlurmSite, job_path: Path, job_name: str, output_d
     if ranks > cores:
         directives.append("--overcommit")
     directives += site.directives
+    extra = ((" --forward-only" if forward_only else " --invert" if invert else "")
+             + (f" --concurrent-events {concurrent_events}" if concurrent_events > 1 else ""))
+    if site.isolation == "event":
+        if invert:
+            raise ConfigError(f"site '{site.name}'.isolation: an inversion runs every event of "
+                              f"each iteration in one MPI job; use a site without isolation")
+        # a driver in the allocation starts one job step per event (fwimpi.cli steps)
+        command = (f"{python} -m fwimpi.cli steps {job} --site {site.name} "
+                   f"--ranks-per-job {ranks // concurrent_events} "
+                   f"--concurrent-events {concurrent_events}"
+                   + (" --forward-only" if forward_only else ""))
+    else:
+        command = (f"{site.launcher} {' '.join(site.arguments)} -n {ranks} {python} -m mpi4py "
+                   f"-m fwimpi.cli exec {job}{extra}").replace("  ", " ")
+    template = batch_template(site)
+    if site.isolation == "event" and "command" not in template.get_identifiers():
+        raise ConfigError(f"site '{site.name}'.batch_template: isolation needs the template to "
+                          f"run $command")
     values = {
         "job_name": job_name, "partition": site.partition, "time_limit": site.time_limit,
         "ranks": str(ranks), "workdir": str(Path(job).parent),
@@ -172,14 +190,12 @@ def render_batch_script(site: SlurmSite, job_path: Path, job_name: str, output_d
         "directives": "\n".join(f"#SBATCH {d}" for d in directives),
         "site": site.name, "launcher": site.launcher, "arguments": " ".join(site.arguments),
         # the template's ``forward_only`` placeholder holds exec's extra arguments
-        "python": python, "job": job,
-        "forward_only": (" --forward-only" if forward_only else " --invert" if invert else "")
-        + (f" --concurrent-events {concurrent_events}" if concurrent_events > 1 else ""),
+        "python": python, "job": job, "forward_only": extra, "command": command,
         # more ranks than cores: waiting ranks must yield their core (srun does not tell
         # OpenMPI that it is oversubscribed, and busy polling then slows everything ~10x)
         "overcommit_env": "export OMPI_MCA_mpi_yield_when_idle=1" if ranks > cores else "",
     }
-    return batch_template(site).substitute(values)
+    return template.substitute(values)
 
 
 # --------------------------------------------------------------------------- SLURM commands

@@ -25,7 +25,6 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 import h5py
-import meshio
 import numpy as np
 
 from fwimpi.errors import FwimpiError
@@ -363,6 +362,8 @@ def write_vtu(
     if mass is not None:
         point_data["mass"] = data["mesh/mass"]
     xyz = np.column_stack([data["mesh/points"], np.zeros(len(data["mesh/points"]))])
+    import meshio  # only for VTU: not in every rank's start-up
+
     mesh = meshio.Mesh(xyz, [("quad", data["mesh/quads"])], point_data=point_data)
     with atomic_path(path) as tmp:
         meshio.write(tmp, mesh, file_format="vtu")

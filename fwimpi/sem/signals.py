@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import signal
 
 #: Butterworth order of the causal half of the zero-phase filter (the pair has twice it).
 FILTER_ORDER = 4
@@ -51,9 +50,13 @@ class ZeroPhaseLowpass:
 
     @property
     def sos(self) -> np.ndarray:
+        from scipy import signal  # scipy.signal takes 0.1 s to import: only when filtering
+
         return signal.butter(self.order, self.max_frequency, fs=1.0 / self.dt, output="sos")
 
     def __call__(self, traces: np.ndarray) -> np.ndarray:
+        from scipy import signal
+
         sos = self.sos
         once = signal.sosfilt(sos, np.asarray(traces, dtype=float), axis=-1)
         return signal.sosfilt(sos, once[..., ::-1], axis=-1)[..., ::-1].copy()
@@ -62,6 +65,8 @@ class ZeroPhaseLowpass:
 def band_limit_check(traces: np.ndarray, dt: float) -> float:
     """The fraction of the traces' energy above ``BAND_FRACTION`` of their Nyquist frequency
     (after a Tukey taper, so that the ends of a record do not leak into the band)."""
+    from scipy import signal
+
     traces = np.asarray(traces, float)
     taper = signal.windows.tukey(traces.shape[-1], 0.1)
     spectrum = np.abs(np.fft.rfft(traces * taper, axis=-1)) ** 2
