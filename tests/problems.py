@@ -40,10 +40,11 @@ def stable_dt(mesh, model) -> float:
 
 def solver(mesh, model, end_time: float = 1.0, dt: float | None = None, n_steps=None,
            absorbing: AbsorbingBoundaries | None = None, fc: float = 5.0,
-           time_shift: float | None = None) -> WaveSolver:
+           time_shift: float | None = None, top_boundary: str = "neumann") -> WaveSolver:
     """A WaveSolver on all of ``mesh`` (COMM_SELF) for ``model(points) -> {VP, RHO}``, with
     ``dt`` (default: COURANT_FACTOR of the limit) up to ``end_time`` (or ``n_steps``)."""
     dt = COURANT_FACTOR * stable_dt(mesh, model) if dt is None else dt
     axis = TimeAxis.covering(end_time, dt) if n_steps is None else TimeAxis(dt, n_steps)
     dist = DistributedMesh(MPI.COMM_SELF, mesh)
-    return WaveSolver(dist, model(dist.coordinates), axis, Ricker(fc, time_shift), absorbing)
+    return WaveSolver(dist, model(dist.coordinates), axis, Ricker(fc, time_shift), absorbing,
+                      top_boundary=top_boundary)

@@ -1,15 +1,20 @@
-"""Absorbing margins: energy reflected back into the region of interest, at the README's level
-(1.6e-4 of the incident in total, 2.3e-3 at the worst receiver; 6.8e-2 without damping).
+"""Absorbing boundaries: what returns into the region of interest, at the README's level
+(relative L2 error of the tutorial's 10 surface traces 0.105%, 1.04% with the former damping
+layer; reflected energy 9.6e-5 of the incident in total, 4.6e-3 at the worst receiver; 6.8e-2
+with closed, undamped margins).
 
 The tutorial's setup (domain 3000 m x 1000 m, vp = 1500 - y, rho = 1000 - y, source at
-(500, -500), Ricker 5 Hz, order 4, 75 m elements, 1400 m margins damped for a reference
-velocity of 2000 m/s, 2 s) is compared with a reference run on a much larger closed box,
+(500, -500), Ricker 5 Hz, order 4, 75 m elements, 1400 m margins for a reference velocity of
+2000 m/s with the Stacey term on their outer edges, 2 s) is compared with a reference run on a
+much larger closed box,
 undamped, whose walls are too far for anything they reflect to come back into the domain
 before the end time. The reference mesh extends the absorbing run's mesh by whole elements
 of the same size, so inside the domain the two meshes, models and time steps are identical
 and the difference of the traces is the wave the margins send back (plus nothing else).
 Reflected energy = sum of squares of that difference over a grid of receivers filling the
-domain, relative to the sum of squares of the reference traces.
+domain, relative to the sum of squares of the reference traces; the trace error (the issue's
+measure) = L2 norm of that difference over the tutorial's 10 surface receivers and all
+samples, relative to the L2 norm of their reference traces.
 """
 
 import numpy as np
@@ -17,6 +22,7 @@ import pytest
 
 from fwimpi.mesh.model import ModelEvaluator, ModelSource
 from fwimpi.mesh.structured import Box, StructuredMesh, build_mesh
+from fwimpi.sem.absorbing import AbsorbingBoundaries
 from problems import event, margins, solver, stable_dt
 
 DOMAIN = Box(0.0, 3000.0, -1000.0, 0.0)
@@ -35,6 +41,12 @@ RECEIVERS = np.vstack((
     np.column_stack((_gx.ravel(), _gy.ravel())),
     np.column_stack((np.linspace(100.0, 2900.0, 10), np.zeros(10))),
 ))
+SURFACE = slice(len(RECEIVERS) - 10, None)  # the tutorial's receivers
+# The former margins: the quadratic damping layer (R = 1e-2), no Stacey term; and both together
+LAYER = AbsorbingBoundaries(REFERENCE_VELOCITY, MARGIN / REFERENCE_VELOCITY, 1.0,
+                            layer_reflection=1e-2, stacey=False)
+LAYER_AND_STACEY = AbsorbingBoundaries(REFERENCE_VELOCITY, MARGIN / REFERENCE_VELOCITY, 1.0,
+                                       layer_reflection=1e-2)
 
 
 def absorbing_mesh() -> StructuredMesh:
@@ -51,9 +63,11 @@ def reference_mesh(margin: float = REFERENCE_MARGIN) -> StructuredMesh:
     return StructuredMesh(DOMAIN, extended, margin, ORDER, a.nex + 2 * kx, a.ney + ky)
 
 
-def run(mesh: StructuredMesh, absorbing_width: float, dt: float | None = None):
-    problem = solver(mesh, MODEL, END_TIME, dt, absorbing=margins(absorbing_width,
-                                                                  REFERENCE_VELOCITY), fc=FC)
+def run(mesh: StructuredMesh, absorbing_width: float, dt: float | None = None,
+        absorbing: AbsorbingBoundaries | None = None):
+    if absorbing is None:
+        absorbing = margins(absorbing_width, REFERENCE_VELOCITY)
+    problem = solver(mesh, MODEL, END_TIME, dt, absorbing=absorbing, fc=FC)
     rec = problem.forward(event([SOURCE], RECEIVERS))
     assert np.array_equal(rec.receivers_kept, np.arange(len(RECEIVERS)))
     return problem.axis.dt, rec.traces
@@ -61,17 +75,53 @@ def run(mesh: StructuredMesh, absorbing_width: float, dt: float | None = None):
 
 @pytest.fixture(scope="module")
 def runs():
-    """Traces of the absorbing, the reference and the undamped-margin runs, same dt."""
+    """Traces of the absorbing, the reference and the undamped-margin runs, same dt; and of
+    the former damping layer, alone and with the Stacey term."""
     dt, absorbing = run(absorbing_mesh(), MARGIN)  # CFL-derived step
     _, reference = run(reference_mesh(), 0.0, dt)
     _, undamped = run(absorbing_mesh(), 0.0, dt)
-    return {"dt": dt, "absorbing": absorbing, "reference": reference, "undamped": undamped}
+    _, layer = run(absorbing_mesh(), MARGIN, dt, LAYER)
+    _, both = run(absorbing_mesh(), MARGIN, dt, LAYER_AND_STACEY)
+    return {"dt": dt, "absorbing": absorbing, "reference": reference, "undamped": undamped,
+            "layer": layer, "layer_and_stacey": both}
 
 
 def reflection_ratios(traces, reference):
     """(total, per receiver) ratio of the squared difference to the squared reference."""
     diff2, ref2 = (traces - reference) ** 2, reference**2
     return diff2.sum() / ref2.sum(), diff2.sum(axis=1) / ref2.sum(axis=1)
+
+
+def trace_error(traces, reference):
+    """Relative L2 error of the surface receivers' traces (all samples)."""
+    return (np.linalg.norm(traces[SURFACE] - reference[SURFACE])
+            / np.linalg.norm(reference[SURFACE]))
+
+
+def test_stacey_weights_are_the_outer_edges_lumped_quadrature():
+    problem = solver(absorbing_mesh(), MODEL, 0.01, absorbing=margins(MARGIN, REFERENCE_VELOCITY))
+    mesh, b = absorbing_mesh(), problem.boundary
+    e = mesh.extended
+    xy = problem.mesh.coordinates[b.indices]
+    on_edge = (np.isclose(xy[:, 0], e.x0) | np.isclose(xy[:, 0], e.x1)
+               | np.isclose(xy[:, 1], e.y0))
+    assert on_edge.all()
+    # every GLL point of the left, right and bottom edges, the top corners included
+    assert len(b.indices) == 2 * (mesh.ney * ORDER + 1) + mesh.nex * ORDER + 1 - 2
+    # the weights integrate 1 along the three edges exactly
+    length = 2 * (e.y1 - e.y0) + (e.x1 - e.x0)
+    assert b.weights.sum() == pytest.approx(length, rel=1e-13)
+    # a bottom corner belongs to two faces of one element: w_0 (hx + hy) / 2
+    w0 = 2.0 / (ORDER * (ORDER + 1))
+    corner = np.flatnonzero(np.isclose(xy[:, 0], e.x0) & np.isclose(xy[:, 1], e.y0))
+    assert b.weights[corner] == pytest.approx([w0 * (mesh.hx + mesh.hy) / 2], rel=1e-13)
+    # C = M d + C_Gamma with C_Gamma = s / (rho vp) and no layer by default
+    m = problem.model
+    assert np.array_equal(problem.layer_rate, np.zeros(problem.mesh.n_local))
+    mass = problem.mesh.weights / (m["RHO"] * m["VP"] ** 2)
+    c = np.zeros(problem.mesh.n_local)
+    c[b.indices] = b.weights / (m["RHO"][b.indices] * m["VP"][b.indices])
+    assert np.allclose(mass * problem.damping_rate, c, rtol=1e-14, atol=0)
 
 
 def test_reference_mesh_coincides_with_absorbing_mesh_in_domain():
@@ -113,13 +163,33 @@ def test_absorbing_margins_reflect_at_the_measured_level(runs):
     worst = int(np.argmax(per))
     print(f"\nabsorbing margins: reflected/incident energy {total:.2e}; worst receiver "
           f"{per[worst]:.2e} at {tuple(RECEIVERS[worst])}; dt={runs['dt']:.4g} s")
-    # README: 1.6e-4 in total (measured 1.56e-4); the runs are deterministic, so the 1.3x
-    # margin only absorbs round-off and small changes of the time step
-    assert total < 2e-4
+    # README: 9.6e-5 in total (measured 9.57e-5; 1.56e-4 with the former layer); the runs
+    # are deterministic, so the 1.15x margin only absorbs round-off and small changes of the
+    # time step
+    assert total < 1.1e-4
     # no single receiver sees a strong reflection either: the worst is the bottom-right
-    # corner of the domain, next to two margins (README 2.3e-3, measured 2.34e-3)
-    assert per.max() < 3e-3
+    # corner of the domain, next to two margins (README 4.6e-3, measured 4.64e-3)
+    assert per.max() < 5.3e-3
     assert tuple(RECEIVERS[worst]) == (DOMAIN.x1, DOMAIN.y0)
+
+
+def test_surface_trace_error_at_the_measured_level(runs):
+    """The issue's measure on the tutorial's receivers: 1.04% with the former damping layer,
+    0.10% for SPECFEM2D's Stacey boundary; the Stacey term alone 0.105%."""
+    ref = runs["reference"]
+    new = trace_error(runs["absorbing"], ref)
+    old = trace_error(runs["layer"], ref)
+    both = trace_error(runs["layer_and_stacey"], ref)
+    print(f"\nsurface trace error: former layer {old:.4%}, Stacey term {new:.4%}, layer and "
+          f"Stacey {both:.4%}")
+    # measured 1.0412e-2 (the issue's 1.04%), 1.0453e-3 and 1.0152e-2; deterministic runs
+    assert 1.03e-2 < old < 1.05e-2
+    # the goal was 0.10%, SPECFEM2D's figure for the same first-order condition: met to
+    # within 5% (1.0453e-3; see fwimpi/sem/absorbing.py for what was tried)
+    assert new < 1.06e-3
+    assert old > 9.5 * new
+    # the layer in front of the Stacey edge sends back more than it removes
+    assert both > 9.5 * new
 
 
 def test_undamped_margins_reflect_far_more(runs):
@@ -127,6 +197,6 @@ def test_undamped_margins_reflect_far_more(runs):
     total, per = reflection_ratios(runs["undamped"], runs["reference"])
     print(f"\nundamped margins: reflected/incident energy {total:.2e}; worst receiver {per.max():.2e}")
     assert total > 5e-2  # README 6.8e-2, measured 6.84e-2
-    # the damping is what removes it: 400 times less with it
+    # the absorbing boundary is what removes it: 715 times less with it
     absorbed, _ = reflection_ratios(runs["absorbing"], runs["reference"])
-    assert total > 300 * absorbed
+    assert total > 650 * absorbed

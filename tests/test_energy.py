@@ -103,10 +103,10 @@ def test_energy_decays_with_absorbing_margins():
     # closed box's round-off per step (4.7e-15 of E; measured here: every step loses, the
     # largest change being -5.0e-16 of E_first).
     assert steps.max() < 1e-14
-    # ... and every step removes a share of what is left (measured at least 4.4e-5 per step:
-    # the wave keeps reaching the margins), so nothing is trapped undamped
-    assert loss.min() > 1e-5
-    # ... which removes nearly all of it over N_AFTER steps (measured 1.12e-11)
+    # ... and every step removes a share of what is left (the Stacey edges: measured at
+    # least 1.0e-5 per step, the wave keeps reaching them), so nothing is trapped undamped
+    assert loss.min() > 5e-6
+    # ... which removes nearly all of it over N_AFTER steps (measured 4.6e-11)
     assert after[-1] < 1e-10 * e0
 
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import FwimpiError, NumericalError
 from ..parallel.distributed import DistributedMesh
-from ..sem.absorbing import AbsorbingBoundaries
+from ..sem.absorbing import AbsorbingBoundaries, AbsorbingStepper
+from ..sem.ftz import flush_denormals
 from ..sem.acquisition import Event
 from ..sem.operators import AcousticStiffness
 from ..sem.physics import ACOUSTIC, AcousticPhysics, ModelValueError
@@ -74,18 +75,36 @@ class WaveSolver:
 
     def __init__(self, mesh: DistributedMesh, model: Mapping[str, np.ndarray], axis: TimeAxis,
                  wavelet: Ricker, absorbing: AbsorbingBoundaries | None = None,
-                 physics: AcousticPhysics = ACOUSTIC):
+                 physics: AcousticPhysics = ACOUSTIC, top_boundary: str = "neumann"):
         self.mesh, self.axis, self.wavelet, self.physics = mesh, axis, wavelet, physics
-        box = mesh.mesh.domain
-        self.damping_rate = (np.zeros(mesh.n_local) if absorbing is None else
-                             absorbing.damping(mesh.coordinates, (box.x0, box.x1, box.y0, box.y1)))
+        # from now on this thread's FPU flushes subnormal values (ahead of the front, in the
+        # decay) to 0: x86 computes with them up to ~100x slower (fwimpi.sem.ftz)
+        flush_denormals()
+        if top_boundary not in ("neumann", "dirichlet"):
+            raise ValueError(f"top_boundary: 'neumann' or 'dirichlet', got {top_boundary!r}")
+        self.top_boundary = top_boundary
+        box, ext = mesh.mesh.domain, mesh.mesh.extended
+        # C = M d + C_Gamma: the layer's fixed rate d and the Stacey term on the outer edges,
+        # which depends on the model; damping_rate = C / M for the current model
+        self.layer_rate = (np.zeros(mesh.n_local) if absorbing is None else
+                           absorbing.damping(mesh.coordinates, (box.x0, box.x1, box.y0, box.y1)))
+        self.boundary = (None if absorbing is None else
+                         absorbing.boundary(mesh.geometry, mesh.ibool, mesh.n_local,
+                                            (ext.x0, ext.x1, ext.y0, ext.y1), mesh.assemble))
         self._model = self._checked(model)
         m0, m1 = physics.coefficients(self._model)
         self.stiffness = AcousticStiffness(mesh.geometry, mesh.ibool, m1)
         mass = m0 * mesh.weights
-        self.stepper = LeapfrogStepper(self.stiffness, mass, mass * self.damping_rate, axis.dt,
-                                       mesh.assembler, mesh.work,
-                                       mesh.all if mesh.comm.size > 1 else None)
+        self.damping_rate = self.layer_rate + (0.0 if self.boundary is None else
+                                               self.boundary.damping(m0, m1) / mass)
+        args = (self.stiffness, mass, mass * self.damping_rate, axis.dt, mesh.assembler,
+                mesh.work, mesh.all if mesh.comm.size > 1 else None)
+        self.stepper = (LeapfrogStepper(*args) if self.boundary is None else
+                        AbsorbingStepper(self.boundary, m0, m1, *args))
+        if top_boundary == "dirichlet":  # the pressure-free surface: phi = 0 on the top edge
+            top = mesh.mesh.extended.y1
+            at_top = np.abs(mesh.coordinates[:, 1] - top) <= 1e-9 * (top - mesh.mesh.extended.y0)
+            self.stepper.fix(at_top, mass, mass * self.damping_rate)
         self.stable_dt = self._stable_dt(m0, m1)
         self._check_stable(self.stable_dt)
         self.buffer = WavefieldBuffer()
@@ -108,6 +127,10 @@ class WaveSolver:
         self._model, self.stable_dt = checked, stable
         self.stiffness.set_coefficient(m1)
         mass = m0 * self.mesh.weights
+        self.damping_rate = self.layer_rate + (0.0 if self.boundary is None else
+                                               self.boundary.damping(m0, m1) / mass)
+        if self.boundary is not None:
+            self.stepper.set_boundary_model(m0, m1)
         self.stepper.set_coefficients(mass, mass * self.damping_rate)
 
     def _checked(self, model: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -162,24 +185,27 @@ class WaveSolver:
         return Recording(keep, traces, time.perf_counter() - t0)
 
     def gradient(self, event: Event, misfit: LocalMisfit, interval: int = 1,
-                 chunk: int | None = None, checkpoints=None) -> EventGradient:
+                 chunk: int | None = None, checkpoints=None,
+                 lossy: float | None = None) -> EventGradient:
         """Misfit and raw gradient ``dJ/dp`` at the local points, exact for ``interval = 1``.
 
         ``interval`` is ``forward_wavefield_sampling_interval``; ``chunk`` the checkpoint
         spacing in steps (default: everything in memory). ``checkpoints`` (optional) has
         ``spacing``, ``save(step, state)``, ``load(step) -> State`` and ``traces``: when its
         ``traces`` (all receivers, ``(R, n_steps + 1)``) are given, the forward run is not
-        repeated and the adjoint recomputes the chunks from the stored states.
+        repeated and the adjoint recomputes the chunks from the stored states. ``lossy`` (the
+        ``wavefield_compression.lossy`` tolerance, relative to the wavefield's peak) stores
+        the samples ZFP-compressed; None (default) stores them exactly.
         Raises NumericalError on every rank if a wavefield, the misfit or the gradient is
         not finite.
         """
         try:
-            return self._gradient(event, misfit, interval, chunk, checkpoints)
+            return self._gradient(event, misfit, interval, chunk, checkpoints, lossy)
         except NumericalError as err:
             raise NumericalError(f"event {event.name}: {err}") from None
 
     def _gradient(self, event: Event, misfit: LocalMisfit, interval: int, chunk: int | None,
-                  checkpoints) -> EventGradient:
+                  checkpoints, lossy: float | None = None) -> EventGradient:
         axis = self.axis
         src, signals = self._signals(event)
         keep, rec = self.mesh.point_sampling(event.receiver_coordinates)
@@ -190,14 +216,15 @@ class WaveSolver:
         t0 = time.perf_counter()
         if stored is not None:
             wavefield = ForwardWavefield(stepper, src, signals, axis.n_steps, interval,
-                                         checkpoints.spacing, self.buffer, load=checkpoints.load)
+                                         checkpoints.spacing, self.buffer, load=checkpoints.load,
+                                         lossy=lossy)
             traces = np.ascontiguousarray(stored[keep])
         else:
             save = None if checkpoints is None else checkpoints.save
             wavefield = ForwardWavefield(
                 stepper, src, signals, axis.n_steps, interval, chunk, self.buffer, save=save,
                 save_every=None if checkpoints is None else checkpoints.spacing,
-                load=None if checkpoints is None else checkpoints.load)
+                load=None if checkpoints is None else checkpoints.load, lossy=lossy)
             traces = wavefield.run_forward(rec)
         t1 = time.perf_counter()
         j_part, adjoint_sources = misfit(keep, traces)

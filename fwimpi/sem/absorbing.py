@@ -1,22 +1,54 @@
-"""Absorbing margins: a damping profile for the term ``C = M d`` of the time stepper."""
+"""Absorbing boundaries: the first-order Clayton-Engquist (Stacey) term on the outer edges of
+the mesh and an optional damping layer in the margins, both in the diagonal ``C`` of the time
+stepper.
+
+The boundary term of ``m0 phi_tt - div(m1 grad phi) = f`` on the left, right and bottom edges
+of the extended box is ``m1 dphi/dn = -(m1 / c) phi_t`` with ``c = sqrt(m1 / m0)``, i.e.
+``int_Gamma sqrt(m0 m1) phi_t v ds`` (``sqrt(m0 m1) = 1 / (rho vp)``): with the lumped GLL
+quadrature of the edges it adds ``C_Gamma[i] = s[i] sqrt(m0 m1)[i]`` to ``C``, ``s[i]`` the
+summed face weights (m) of point ``i``. It depends on the model, so ``AbsorbingStepper`` adds
+its derivative to the adjoint's model kernels.
+
+Measured on the tutorial (tests/test_absorbing.py; relative L2 error of the 10 surface traces
+against a mesh too large for anything to return, 3.5 wavelengths of margin): the quadratic
+layer alone (R = 1e-2, the former choice) 1.04%, the Stacey term alone 0.105%, the two together
+1.02%. With the Stacey term every layer ``d = d0 (r/L)^p`` tried made the surface traces
+worse (d0 of 0.1 to 100 1/s, p of 1 to 8, ramps starting 0 to 3/4 into the margin: 0.108% to
+5.7%), and so did scaling the Stacey term by 0.97 to 1.03 instead of 1 (0.107% to 0.155%).
+The rest is first-order Stacey's own reflection (oblique and low-frequency waves), back at
+the receiver nearest the left edge in the last 0.3 s. A layer of
+d0 = 2 to 8 1/s lowers the energy returned over the whole domain (9.6e-5 to 5e-5 of the
+incident) but sends its low frequencies back up to the surface. So the layer is off by default
+(``layer_reflection = 1``) and the margins are undamped room in front of the Stacey edge.
+"""
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-#: Amplitude left after the round trip through the margin (normal incidence). Measured on
-#: the tutorial (tests/test_absorbing.py): reflected/incident energy 1.6e-4 at 1e-2, 2.7e-4
-#: at 1e-3, 4.5e-4 at 1e-4, 2.8e-3 at 1e-12: below ~1e-2 the reflection off the steeper
-#: damping ramp dominates what gets through, so 1e-2 is the best choice.
+from .geometry import ElementGeometry
+from .gll import derivative_matrix, gll_points_weights
+from .operators import assembled_sum
+from .timestepper import LeapfrogStepper, PointSampling
+
+#: Amplitude left after the round trip through the damping layer (normal incidence) with no
+#: Stacey term: reflected/incident energy 1.6e-4 at 1e-2, 2.7e-4 at 1e-3, 4.5e-4 at 1e-4,
+#: 2.8e-3 at 1e-12 (below ~1e-2 the reflection off the steeper damping ramp dominates what
+#: gets through). Used by ``damping_profile`` when no target is given.
 TARGET_REFLECTION = 1e-2
+
+#: The layer's default target with the Stacey term: 1, no layer (see the module docstring).
+LAYER_REFLECTION = 1.0
 
 
 @dataclass(frozen=True)
 class AbsorbingBoundaries:
     """Absorbing margins outside the left, right and bottom of the domain, sized as
     ``number_of_wavelengths`` wavelengths of ``reference_velocity`` (m/s) at
-    ``reference_frequency`` (Hz).
+    ``reference_frequency`` (Hz), with the Stacey term on their outer edges (``stacey``) and
+    a damping layer of round-trip target ``layer_reflection`` (1: none, the default).
 
     >>> AbsorbingBoundaries(2000.0, 3.5, 5.0).width_in_meters
     1400.0
@@ -25,6 +57,8 @@ class AbsorbingBoundaries:
     reference_velocity: float
     number_of_wavelengths: float
     reference_frequency: float
+    layer_reflection: float = LAYER_REFLECTION
+    stacey: bool = True
 
     @property
     def width_in_meters(self) -> float:
@@ -32,8 +66,21 @@ class AbsorbingBoundaries:
         return self.number_of_wavelengths * self.reference_velocity / self.reference_frequency
 
     def damping(self, points: np.ndarray, domain: tuple[float, float, float, float]) -> np.ndarray:
-        """Damping rate ``d (P,)`` (1/s) at ``points (P, 2)`` outside ``domain``."""
-        return damping_profile(points, domain, self.width_in_meters, self.reference_velocity)
+        """The layer's damping rate ``d (P,)`` (1/s) at ``points (P, 2)`` outside ``domain``
+        (zero with the default ``layer_reflection = 1``)."""
+        return damping_profile(points, domain, self.width_in_meters, self.reference_velocity,
+                               target_reflection=self.layer_reflection)
+
+    def boundary(self, geometry: ElementGeometry, ibool: np.ndarray, n_points: int,
+                 box: tuple[float, float, float, float],
+                 assemble: Callable[[np.ndarray], None] | None = None) -> "StaceyBoundary | None":
+        """The Stacey term on the left, right and bottom edges of ``box = (x0, x1, y0, y1)``
+        (the extended mesh's outer box) for the elements of ``geometry`` / ``ibool`` over
+        ``n_points`` points; ``assemble`` sums shared points across subdomains (None:
+        serial). None without ``stacey``."""
+        if not self.stacey:
+            return None
+        return StaceyBoundary.on_box(geometry, ibool, n_points, box, assemble)
 
 
 def damping_profile(
@@ -42,20 +89,21 @@ def damping_profile(
     width: float,
     reference_velocity: float,
     sides: tuple[str, ...] = ("left", "right", "bottom"),
+    target_reflection: float = TARGET_REFLECTION,
 ) -> np.ndarray:
     """Damping rate ``d (P,)`` in 1/s at ``points (P, 2)`` (m).
 
     ``d = d0 (r / width)^2`` with ``r`` the distance (m) into the margin outside
     ``domain = (x0, x1, y0, y1)``; the contributions of the sides add up in the corners.
     ``d0 = 3 v ln(1/R) / width`` makes a wave at ``reference_velocity`` v that crosses the
-    margin and back decay to ``R = TARGET_REFLECTION`` (the quadratic ramp keeps the
-    reflection off the damping gradient small).
+    margin and back decay to ``R = target_reflection`` (the quadratic ramp keeps the
+    reflection off the damping gradient small); ``R = 1`` is no damping.
     """
     d = np.zeros(len(points))
-    if width <= 0:
+    if width <= 0 or target_reflection >= 1.0:
         return d
     x0, x1, y0, _ = domain
-    d0 = 3.0 * reference_velocity * math.log(1.0 / TARGET_REFLECTION) / width
+    d0 = 3.0 * reference_velocity * math.log(1.0 / target_reflection) / width
     depth = {
         "left": np.maximum(x0 - points[:, 0], 0.0),
         "right": np.maximum(points[:, 0] - x1, 0.0),
@@ -64,3 +112,112 @@ def damping_profile(
     for side in sides:
         d += d0 * np.minimum(depth[side] / width, 1.0) ** 2
     return d
+
+
+@dataclass(frozen=True)
+class StaceyBoundary:
+    """The Stacey term's points ``indices (B,)`` among ``n_points`` local points and their
+    summed face weights ``weights (B,)`` (m): ``C_Gamma = weights * sqrt(m0 m1)`` there."""
+
+    indices: np.ndarray
+    weights: np.ndarray
+    n_points: int
+
+    @classmethod
+    def on_box(cls, geometry: ElementGeometry, ibool: np.ndarray, n_points: int,
+               box: tuple[float, float, float, float],
+               assemble: Callable[[np.ndarray], None] | None = None) -> "StaceyBoundary":
+        """The element faces on the left, right and bottom edges of ``box`` (found from the
+        GLL coordinates, to 1e-9 of the box's size), each point weighted by its face's
+        lumped quadrature ``w_k |dx/dxi|_k`` (the 1D GLL weight times half the length of a
+        straight edge); the weights of a point on several faces or elements add up, across
+        subdomains by ``assemble`` (like the mass)."""
+        x0, x1, y0, y1 = box
+        _, w = gll_points_weights(geometry.order)
+        d = derivative_matrix(geometry.order)
+        x, y = geometry.coords  # (E, n, n), ordered [e, j, i]
+        tol = 1e-9 * max(x1 - x0, y1 - y0)
+        face = np.zeros(x.shape)
+        for sl, c, edge in (((slice(None), slice(None), 0), x, x0),    # left: i = 0
+                            ((slice(None), slice(None), -1), x, x1),   # right: i = N
+                            ((slice(None), 0, slice(None)), y, y0)):   # bottom: j = 0
+            on = np.all(np.abs(c[sl] - edge) <= tol, axis=1)
+            ds = np.hypot(x[sl] @ d.T, y[sl] @ d.T)  # |dx/dxi| at the face's GLL points
+            face[sl] += np.where(on[:, None], w[None, :] * ds, 0.0)
+        s = assembled_sum(ibool, face, n_points)
+        if assemble is not None:
+            assemble(s)
+        indices = np.flatnonzero(s > 0.0)
+        return cls(indices, s[indices].copy(), int(n_points))
+
+    def damping(self, m0: np.ndarray, m1: np.ndarray) -> np.ndarray:
+        """``C_Gamma (n_points,)`` = ``weights sqrt(m0 m1)`` (= ``weights / (rho vp)``) at the
+        boundary points, 0 elsewhere, for the coefficients ``m0, m1 (n_points,)``."""
+        c = np.zeros(self.n_points)
+        c[self.indices] = self.weights * np.sqrt(m0[self.indices] * m1[self.indices])
+        return c
+
+
+class AbsorbingStepper(LeapfrogStepper):
+    """A ``LeapfrogStepper`` whose damping ``C`` includes the Stacey term of ``boundary`` for
+    the coefficients ``m0, m1 (P,)`` (``set_boundary_model`` replaces them), and whose adjoint
+    adds that term's model dependence to the kernels, so the gradient stays exact.
+
+    ``LeapfrogStepper.adjoint``'s kernels treat all of ``C`` as ``m0`` times a fixed rate:
+    ``dC/dm0 = C/m0``. For ``C_Gamma = s sqrt(m0 m1)`` the derivatives are ``C_Gamma / (2 m0)``
+    and ``C_Gamma / (2 m1)``. With ``gC = sum_m u[m] dt/2 (l[m-1] - l[m+1])`` at the boundary
+    points (``dJ/dC = -gC / dt^2``), the kernels become
+
+        g0 -= C_Gamma / (2 M) gC,    g1 += C_Gamma / (2 m1) gC / dt^2.
+
+    ``l`` is recorded at the boundary points through ``record`` (with the caller's rows, if
+    any) and ``u[m]`` as ``forward`` delivers it: ``2 B n_steps`` values more.
+    """
+
+    def __init__(self, boundary: StaceyBoundary, m0: np.ndarray, m1: np.ndarray,
+                 *args, **kwargs):
+        self.boundary = boundary
+        self.set_boundary_model(m0, m1)
+        super().__init__(*args, **kwargs)
+
+    def set_boundary_model(self, m0: np.ndarray, m1: np.ndarray) -> None:
+        """The coefficients ``m0, m1 (P,)`` of the current model (call with every new one)."""
+        b = self.boundary.indices
+        self._m0, self._m1 = m0[b].copy(), m1[b].copy()
+
+    def set_coefficients(self, mass: np.ndarray, damping: np.ndarray) -> None:
+        """``LeapfrogStepper.set_coefficients``; ``damping`` includes ``C_Gamma``."""
+        self._mass = mass[self.boundary.indices].copy()
+        super().set_coefficients(mass, damping)
+
+    def adjoint(self, n_steps, receivers, adjoint_sources, forward, record=None):
+        """``LeapfrogStepper.adjoint`` with the kernels of the model-dependent ``C_Gamma``."""
+        b = self.boundary.indices
+        nb = len(b)
+        if nb == 0:
+            return super().adjoint(n_steps, receivers, adjoint_sources, forward, record)
+        k = 1 if record is None else max(1, record.indices.shape[1])
+        idx = np.zeros((nb, k), dtype=np.int64)
+        wts = np.zeros((nb, k))
+        idx[:, 0], wts[:, 0] = b, 1.0
+        rows = PointSampling(idx, wts)
+        if record is not None:
+            rows = PointSampling(np.vstack((record.indices, idx)), np.vstack((record.weights, wts)))
+        u_b = np.zeros((nb, n_steps + 1))
+
+        def forward_at_boundary(m):
+            u = forward(m)
+            u_b[:, m] = u[b]
+            return u
+
+        g0, g1, lam = super().adjoint(n_steps, receivers, adjoint_sources, forward_at_boundary,
+                                      rows)
+        n_rec = 0 if record is None else len(record)
+        l_b = np.zeros((nb, n_steps + 2))  # l[0..n-1], then l[n] = l[n+1] = 0
+        l_b[:, :n_steps] = lam[n_rec:]
+        gc = 0.5 * self.dt * np.einsum("bm,bm->b", u_b[:, 1:],
+                                       l_b[:, :n_steps] - l_b[:, 2:])
+        c_gamma = self.boundary.weights * np.sqrt(self._m0 * self._m1)
+        g0[b] -= 0.5 * c_gamma / self._mass * gc
+        g1[b] += 0.5 * c_gamma / self._m1 * gc / self.dt**2
+        return g0, g1, None if record is None else lam[:n_rec]

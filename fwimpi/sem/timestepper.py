@@ -62,11 +62,21 @@ class PointSampling:
 
 
 @numba.njit(cache=True, fastmath=True)
-def _update(u, u_old, ku, cu, co, cf, u_new):
-    """``u_new = cu u + co u_old - cf ku``; zeroes ``ku`` for the next step."""
+def _update(u, u_old, ku, cf, special, s_cu, s_co, s_cf, s_new):
+    """One leapfrog step in place: ``u_old <- u[n+1]``; zeroes ``ku`` for the next step.
+
+    ``u[n+1] = 2 u - u_old - cf ku`` at every point but the ``special`` ones (``(S,)``
+    indices: damped or fixed), which take ``s_cu u + s_co u_old - s_cf ku`` (``(S,)`` each;
+    ``s_new (S,)`` is scratch). Four streams read, two written: the step is bandwidth-bound.
+    """
+    for s in range(special.shape[0]):
+        p = special[s]
+        s_new[s] = s_cu[s] * u[p] + s_co[s] * u_old[p] - s_cf[s] * ku[p]
     for i in range(u.shape[0]):
-        u_new[i] = cu[i] * u[i] + co[i] * u_old[i] - cf[i] * ku[i]
+        u_old[i] = 2.0 * u[i] - u_old[i] - cf[i] * ku[i]
         ku[i] = 0.0
+    for s in range(special.shape[0]):
+        u_old[special[s]] = s_new[s]
 
 
 @numba.njit(cache=True)
@@ -96,14 +106,19 @@ def _inject(out, idx, w, signals, n):
 
 
 @numba.njit(cache=True, fastmath=True)
-def _adjoint_update(v, v_old, kv, cu, co, cf, v_new, g0, u, half_dt_d):
-    """``_update`` of the adjoint field fused with the m0 kernel
-    ``g0 += u ((v_new - 2 v + v_old) + dt/2 d (v_new - v_old))``."""
+def _adjoint_update(v, v_old, kv, cf, special, s_cu, s_co, s_cf, s_new, sum_ukv, u):
+    """``_update`` of the adjoint field fused with the m0 kernel's sum ``sum_ukv += u kv``
+    (``kv`` the assembled ``K v - dJ/du``; ``LeapfrogStepper.adjoint``)."""
+    for s in range(special.shape[0]):
+        p = special[s]
+        s_new[s] = s_cu[s] * v[p] + s_co[s] * v_old[p] - s_cf[s] * kv[p]
     for i in range(v.shape[0]):
-        a = cu[i] * v[i] + co[i] * v_old[i] - cf[i] * kv[i]
-        v_new[i] = a
+        k = kv[i]
+        v_old[i] = 2.0 * v[i] - v_old[i] - cf[i] * k
+        sum_ukv[i] += u[i] * k
         kv[i] = 0.0
-        g0[i] += u[i] * ((a - 2.0 * v[i] + v_old[i]) + half_dt_d[i] * (a - v_old[i]))
+    for s in range(special.shape[0]):
+        v_old[special[s]] = s_new[s]
 
 
 @dataclass
@@ -144,7 +159,6 @@ class LeapfrogStepper:
         self.stiffness = stiffness
         self.dt = float(dt)
         self.n_points = len(mass)
-        self.cu, self.co, self.cf, self.half_dt_d = (np.empty(self.n_points) for _ in range(4))
         self.set_coefficients(mass, damping)
         self.assemble = assemble
         self.all_ranks = all_ranks
@@ -155,23 +169,49 @@ class LeapfrogStepper:
         self._compile()
 
     def set_coefficients(self, mass: np.ndarray, damping: np.ndarray) -> None:
-        """Replace the diagonals ``M`` and ``C`` (``(P,)``) in place (a new model, same dt)."""
+        """Replace the diagonals ``M`` and ``C`` (``(P,)``) in place (a new model, same dt).
+
+        The step is ``u[n+1] = cu u[n] + co u[n-1] - cf (K u[n] - f[n])`` with
+        ``cu = 2 M / a``, ``co = -(M - dt/2 C) / a``, ``cf = dt^2 / a``, ``a = M + dt/2 C``.
+        Where ``C = 0`` that is ``2 u[n] - u[n-1] - cf (...)``: only ``cf (P,)`` is read at
+        every point; the other points (damped, or fixed) are listed in ``special (S,)`` with
+        their ``cu, co, cf``. ``m0_scale (P,)`` turns the adjoint's ``sum u kv`` into the m0
+        kernel (``adjoint``): ``-dt^2 / M``, 0 at fixed points.
+        """
         dt = self.dt
+        mass = np.asarray(mass, dtype=float)
+        damping = np.asarray(damping, dtype=float)
         a = mass + 0.5 * dt * damping
-        self.cu[:] = 2.0 * mass / a
-        self.co[:] = -(mass - 0.5 * dt * damping) / a
-        self.cf[:] = dt**2 / a
-        self.half_dt_d[:] = 0.5 * dt * np.divide(damping, mass, out=np.zeros_like(mass),
-                                                 where=mass > 0)
+        cu = 2.0 * mass / a
+        co = -(mass - 0.5 * dt * damping) / a
+        cf = dt**2 / a
+        m0_scale = -np.divide(dt**2, mass, out=np.zeros_like(mass), where=mass > 0)
+        fixed = getattr(self, "fixed", None)
+        if fixed is not None:  # Dirichlet points: u stays 0 there (rows of the recurrence)
+            for c in (cu, co, cf, m0_scale):
+                c[fixed] = 0.0
+        self.cf, self.m0_scale = cf, m0_scale
+        special = np.flatnonzero((cu != 2.0) | (co != -1.0))
+        self._special = (special, cu[special], co[special], cf[special], np.empty(len(special)))
+
+    def fix(self, fixed: np.ndarray, mass: np.ndarray, damping: np.ndarray) -> None:
+        """Hold ``u = 0`` at the points of the boolean mask ``fixed (P,)`` (a Dirichlet
+        boundary): their rows of the recurrence are removed, so the forward field, the adjoint
+        field and the kernels vanish there, and the adjoint stays the exact transpose."""
+        self.fixed = np.asarray(fixed, dtype=bool).copy()
+        self.set_coefficients(mass, damping)
 
     def _compile(self) -> None:
         """Compile (or load from numba's cache) every kernel of the loop, outside of it."""
         one, idx, w = np.zeros(1), np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1))
-        _update(one, one, one.copy(), one, one, one, one.copy())
+        none = np.zeros(0, dtype=np.int64)
+        _update(one, one.copy(), one.copy(), one, none, one, one, one, one.copy())
         _sample(one, idx, w, np.zeros((1, 1)), 0)
+        _sample(one, idx, w, np.zeros((2, 2)).T, 0)  # adjoint: lam.T, step-major
         _all_finite(one)
         _inject(one, idx, w, w, 0)
-        _adjoint_update(one, one, one.copy(), one, one, one, one.copy(), one.copy(), one, one)
+        _adjoint_update(one, one.copy(), one.copy(), one, none, one, one, one, one.copy(),
+                        one.copy(), one)
         self.stiffness.add(np.zeros(self.n_points), np.zeros(self.n_points))
 
     def _check_finite(self, u: np.ndarray, step: int, what: str) -> None:
@@ -207,7 +247,6 @@ class LeapfrogStepper:
             raise ValueError(f"signals must be (n_sources={len(sources)}, >= {n_end}), "
                              f"got {signals.shape}")
         u_old, u = state.u_old, state.u
-        u_new = np.empty_like(u)
         ku = self.work
         ku[:] = 0.0
         src_idx, src_w = sources.indices, sources.weights
@@ -217,8 +256,8 @@ class LeapfrogStepper:
             _inject(ku, src_idx, src_w, signals, n)
             if self.assemble is not None:
                 self.assemble(ku)
-            _update(u, u_old, ku, self.cu, self.co, self.cf, u_new)
-            u_old, u, u_new = u, u_new, u_old
+            _update(u, u_old, ku, self.cf, *self._special)  # u_old <- u[n+1]
+            u_old, u = u, u_old
             if record:
                 _sample(u, receivers.indices, receivers.weights, traces, n + 1)
             if on_step is not None:
@@ -272,18 +311,24 @@ class LeapfrogStepper:
             g1 = sum_m (grad l[m] . grad u[m])   (quadrature-weighted, per point)
 
         and ``dJ/dm0 = -w g0 / dt^2``, ``dJ/dm1 = -g1`` (``g1`` is assembled).
+        The adjoint recurrence itself gives g0's bracket: it is ``-dt^2/M kv[m]``, ``kv[m]``
+        the assembled ``K l[m] - dJ/du[m]`` the step computes anyway (its damped form is
+        ``(M + dt/2 C) l[m-1] = 2 M l[m] - (M - dt/2 C) l[m+1] - dt^2 kv[m]``). So the loop
+        accumulates ``sum_m u[m] kv[m]`` (no second differences of ``l``, no cancellation)
+        and scales it by ``-dt^2/M`` at the end (``m0_scale``; 0 at fixed points).
         ``lam (S, n_steps)`` holds ``l[n]`` sampled at ``record``: for sources
         ``dJ/df_s[n] = lam[s, n]``, i.e. the transpose of the forward map (None without).
         """
         n = n_steps
         signals = np.ascontiguousarray(adjoint_sources[:, ::-1])  # reversed step j <-> m = n - j
-        v_old, v, v_new = (np.zeros(self.n_points) for _ in range(3))
-        g0 = np.zeros(self.n_points)
+        v_old, v = np.zeros(self.n_points), np.zeros(self.n_points)
+        sum_ukv = np.zeros(self.n_points)
         acc = self.stiffness.gradient_accumulator()
         kv = self.work
         kv[:] = 0.0
-        lam = None if record is None else np.zeros((len(record), n + 1))
-        self.stiffness.add_with_gradient(v, v_old, v_new, acc)  # compile outside the loop
+        # l[n] at the recorded rows, step-major so that each step writes one contiguous row
+        lam = None if record is None else np.zeros((n + 1, len(record)))
+        self.stiffness.add_with_gradient(v, v_old, kv, acc)  # compile outside the loop
         for j in range(n):
             m = n - j
             u_m = forward(m)
@@ -291,19 +336,20 @@ class LeapfrogStepper:
             _inject(kv, receivers.indices, receivers.weights, signals, j)
             if self.assemble is not None:
                 self.assemble(kv)
-            _adjoint_update(v, v_old, kv, self.cu, self.co, self.cf, v_new, g0, u_m,
-                            self.half_dt_d)
+            _adjoint_update(v, v_old, kv, self.cf, *self._special, sum_ukv, u_m)  # v_old <- l[m-1]
             if lam is not None:
-                _sample(v_new, record.indices, record.weights, lam, m - 1)
-            v_old, v, v_new = v, v_new, v_old
+                _sample(v_old, record.indices, record.weights, lam.T, m - 1)
+            v_old, v = v, v_old
             if self.progress is not None:
                 self.progress(j + 1)
             if (j + 1) % FINITE_CHECK_EVERY == 0 or j + 1 == n:
                 self._check_finite(v, j + 1, "adjoint wavefield")
+        g0 = sum_ukv
+        g0 *= self.m0_scale
         g1 = self.stiffness.point_values(acc, self.n_points)
         if self.assemble is not None:
             self.assemble(g1)
-        return g0, g1, None if lam is None else lam[:, :n]
+        return g0, g1, None if lam is None else np.ascontiguousarray(lam[:n].T)
 
 
 def element_max_eigenvalues(geometry: ElementGeometry, m0_elem: np.ndarray,
