@@ -45,8 +45,9 @@ class Simulation:
         self.mesh = DistributedMesh(comm, self.plan.mesh)
         try:
             self.solver = WaveSolver(self.mesh, self.plan.model(self.mesh.coordinates),
-                                     axis or self.plan.axis, spec.simulation.wavelet,
-                                     spec.simulation.absorbing)
+                                     axis or self.plan.axis, self.plan.wavelet,
+                                     spec.simulation.absorbing,
+                                     top_boundary=spec.simulation.top_boundary)
         except ModelError as err:
             self.mesh.destroy()
             raise ConfigError(str(err)) from None
@@ -127,12 +128,18 @@ class Simulation:
             interval = self.spec.compression.forward_wavefield_sampling_interval
             chunk = self.plan.chunk if chunk is None else chunk
         event = self._event(event)
-        misfit, dt = self.spec.misfit.misfit, self.solver.axis.dt
+        misfit, dt = self.spec.misfit.on_potential, self.solver.axis.dt
+        if self.spec.misfit.estimate_wavelet:  # the wavelet fitted per event, as `run` does
+            comm = self.solver.mesh.comm
+            misfit, _ = self.spec.misfit.estimating(
+                lambda n, d: (comm.allreduce(n), comm.allreduce(d)))
         observed = self.plan.observed.get(event.name)
         result = self.solver.gradient(
             event, lambda keep, tr: misfit.evaluate(
                 tr, None if observed is None else observed[keep], dt),
-            interval=interval, chunk=chunk)
+            interval=interval, chunk=chunk,
+            lossy=None if self.spec.compression.lossy is None else
+            self.spec.compression.lossy.tolerance)
         gathered = {p: self._gather(g) for p, g in result.gradient.items()}
         return result.misfit, gathered if self.comm.rank == 0 else None
 

@@ -30,6 +30,7 @@ EPILOG = """examples:
   fwimpi plot jobs/runs/mapping-tutorial/gradient.h5 --field VP --clip 0.1
   fwimpi plot jobs/runs/mapping-tutorial/events/event/receivers.h5
   fwimpi export jobs/runs/mapping-tutorial/model.h5   write model.vtu beside it
+  fwimpi export jobs/runs/mapping-tutorial/events/event/receivers.h5   event.sgy beside it
 """
 
 
@@ -42,10 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    v = sub.add_parser("validate", help="check a job spec and print the resolved settings",
+    v = sub.add_parser("validate", help="check a job spec and summarise what it would run",
                        description="Check a job spec without running it: schema, model, "
-                       "mesh size, CFL time step. Prints the resolved settings as JSON.")
+                       "mesh size, CFL time step, plausibility (units, wavelet band, duration). "
+                       "Prints a short summary with memory and time estimates and any "
+                       "warnings; --json prints the resolved settings and derived sizes.")
     v.add_argument("job", type=Path, help="YAML job spec")
+    v.add_argument("--json", action="store_true",
+                   help="print the resolved settings and derived sizes as JSON")
 
     for name, text in (("run", "run a job through its site (all its products, summary.json)"),
                        ("invert", "run the job's inversion through its site (iterates, "
@@ -105,11 +110,23 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--clip", type=float, help="clip the colour scale at this fraction of the max")
     pl.add_argument("--no-crop", action="store_true", help="show the absorbing margins too")
     pl.add_argument("--event", help="event of a receivers file (default: the first)")
+    pl.add_argument("--observed", type=Path, help="receivers file of observed data to overlay "
+                    "on a receivers file's traces (matched by station, else position)")
 
-    e = sub.add_parser("export", help="convert an fwimpi mesh HDF5 file to VTU",
-                       description="Write the mesh and fields of an fwimpi HDF5 file as VTU.")
-    e.add_argument("file", type=Path, help="HDF5 mesh file (model, gradient)")
-    e.add_argument("-o", "--output", type=Path, help="VTU path (default: beside the input)")
+    e = sub.add_parser("export", help="convert fwimpi files: mesh to VTU, receivers to and "
+                       "from SEG-Y",
+                       description="A mesh file (model, gradient) becomes VTU beside it; a "
+                       "receivers file one SEG-Y file per event ({event}.sgy beside it), geometry "
+                       "in the trace headers; a SEG-Y/SU file a receivers file of one event. "
+                       "Existing files are never overwritten.")
+    e.add_argument("file", type=Path, help="HDF5 mesh or receivers file, or SEG-Y/SU file")
+    e.add_argument("-o", "--output", type=Path,
+                   help="target (default: beside the input; SEG-Y: a pattern with {event})")
+    e.add_argument("--field", help="receiver field to write or read as (default: phi)")
+    e.add_argument("--event", help="only this event (SEG-Y in: the event's name; default: "
+                   "the file's stem)")
+    e.add_argument("--dt", type=float, help="SEG-Y sample interval in seconds (default: the "
+                   "simulation's, rounded down to whole microseconds); traces are resampled")
     return p
 
 
@@ -124,12 +141,24 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _validate(args) -> int:
-    from .jobs.plan import plan_job
+    from .jobs.plan import plan_job, summary_text
     from .jobs.spec import load_job_spec
 
     spec = load_job_spec(args.job)
-    derived = plan_job(spec, spec.ranks_per_job).describe()
-    print(json.dumps({"job": spec.resolved, "derived": derived}, indent=2))
+    plan = plan_job(spec, spec.ranks_per_job)
+    derived, lines = plan.describe(), []
+    if spec.inversion is not None:  # what `fwimpi invert` checks too: bounds, its time step
+        inverting = plan_job(spec, spec.ranks_per_job, inversion=True)
+        derived["inversion"] = {"dt": inverting.axis.dt, "n_steps": inverting.axis.n_steps}
+        lines.append(f"inversion: {spec.inversion.iterations} updates at dt = "
+                     f"{inverting.axis.dt:.4g} s ({inverting.axis.n_steps:,} steps), stable "
+                     f"for the upper VP bound")
+    if args.json:
+        print(json.dumps({"job": spec.resolved, "derived": derived}, indent=2))
+    else:
+        print(summary_text(spec, plan, spec.ranks_per_job, spec.misfit is not None))
+        for line in lines:
+            print(line)
     return 0
 
 
@@ -162,6 +191,8 @@ def _run(args) -> int:
     gradients = spec.misfit is not None and not args.forward_only
     # every input check, before any MPI work or output
     plan = plan_job(spec, ranks, gradients, inversion=invert)
+    for warning in plan.warnings:
+        log.warning("%s", warning)
     check_output_folder(spec.output)
     if site.kind == "slurm":  # the batch job's `fwimpi exec` takes the output lock
         return _run_on_slurm(args, spec, site, ranks, concurrent)
@@ -403,6 +434,7 @@ def _compression_study(args) -> int:
     import numpy as np
     import yaml
 
+    from .jobs.plotting import plot_compression_study
     from .jobs.spec import load_job_data, load_job_spec, parse_job_spec
     from .mesh.files import read_mesh_h5, write_json_atomic
 
@@ -445,13 +477,24 @@ def _compression_study(args) -> int:
             b = read_mesh_h5(ref_dir / ref_rel).fields["VP"]
             row[label] = float(np.linalg.norm(a - b) / np.linalg.norm(b))
         rows.append(row)
+    figure = study / "study.png"
+    shown = "mapped" if mapping else "raw"
+    plot_compression_study(
+        [(f"interval {row['interval']}" + (" (reference)" if k == 0 else
+                                           f": {row[shown]:.2e} relative L2")
+          , folder / (summary["mappings"][mapping] if mapping else summary["gradient"]))
+         for k, (row, (folder, summary)) in enumerate(zip(rows, runs.values()))],
+        "VP", figure, f"dJ/dVP{f' mapped by {mapping}' if mapping else ''}: forward wavefield "
+                      f"kept every N steps")
     write_json_atomic(study / "study.json", {"reference_interval": args.intervals[0],
-                                             "mapping": mapping, "rows": rows})
+                                             "mapping": mapping, "rows": rows,
+                                             "figure": "study.png"})
     print(f"relative L2 difference of dJ/dVP against interval {args.intervals[0]}")
     print(f"{'interval':>8} {'raw gradient':>13}" + (f" {mapping + ' (mapped)':>16}" if mapping else ""))
     for row in rows:
         print(f"{row['interval']:>8d} {row['raw']:>13.3e}"
               + (f" {row['mapped']:>16.3e}" if mapping else ""))
+    print(f"figure: {figure}")
     return 0
 
 
@@ -507,7 +550,7 @@ def _plot(args) -> int:
         raise ConfigError(f"file: {args.file} is not an fwimpi mesh or receivers file")
     try:
         if fmt.startswith("fwimpi-receivers"):
-            plot_traces(args.file, target, args.event, args.field or "phi")
+            plot_traces(args.file, target, args.event, args.field or "phi", args.observed)
         else:
             plot_field(args.file, target, args.field, args.clip, crop=not args.no_crop)
     except (OSError, KeyError, ValueError, TypeError, IndexError) as err:
@@ -519,21 +562,10 @@ def _plot(args) -> int:
 
 
 def _export(args) -> int:
-    from .mesh.files import read_mesh_h5, write_vtu
+    from .jobs.export import export_file
 
-    if not args.file.is_file():
-        raise ConfigError(f"file: no such file {args.file}")
-    try:
-        mesh = read_mesh_h5(args.file)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"file: {args.file} is not an fwimpi mesh file: "
-                          f"{_one_line(err)}") from None
-    target = args.output or args.file.with_suffix(".vtu")
-    try:
-        write_vtu(target, mesh.points, mesh.cells, mesh.order, mesh.fields, mesh.mass)
-    except (ValueError, KeyError, TypeError, IndexError) as err:
-        raise ConfigError(f"file: {args.file} cannot be exported: {_one_line(err)}") from None
-    print(target)
+    for path in export_file(args.file, args.output, args.field, args.event, args.dt):
+        print(path)
     return 0
 
 

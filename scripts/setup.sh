@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 packages=(python3-petsc4py python3-mpi4py python3-h5py-mpi libpetsc-real-dev openmpi-bin
           python3-venv python3-pip python3-numpy python3-scipy python3-matplotlib python3-yaml
-          python3-xarray python3-netcdf4)
+          python3-xarray python3-netcdf4 python3-zfpy python3-segyio)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -39,5 +39,5 @@ PY
   rm -f "$constraints"
   touch "$stamp"
 fi
-.venv/bin/python -c "import fwimpi, numba, petsc4py, mpi4py, h5py, meshio" \
+.venv/bin/python -c "import fwimpi, numba, petsc4py, mpi4py, h5py, meshio, zfpy" \
   || { echo "setup: the installation is broken" >&2; exit 1; }

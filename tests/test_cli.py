@@ -7,6 +7,10 @@ import sys
 from pathlib import Path
 
 import h5py
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.image  # noqa: E402
 import numpy as np
 import pytest
 
@@ -149,7 +153,7 @@ def test_time_step_and_time_shift_are_honoured(tmp_path):
 
 def test_validate_prints_the_derived_settings(tmp_path, capsys):
     job = write_job(tmp_path)
-    assert main(["validate", str(job)]) == 0
+    assert main(["validate", str(job), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["derived"]["n_points"] > 0 and out["derived"]["dt"] > 0
     assert not (tmp_path / "out").exists()
@@ -260,12 +264,19 @@ def test_compression_study_prints_the_table(tmp_path, capsys):
   - {name: m, inversion_parameters: [VP], scaling: relative_deviation_from_prior}
 output: out"""})
     assert main(["-q", "compression-study", str(job), "--intervals", "1", "5", "10"]) == 0
-    table = capsys.readouterr().out.splitlines()[-3:]
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[-4:-1]
     assert [line.split()[0] for line in table] == ["1", "5", "10"]
     raw5, raw10 = float(table[1].split()[1]), float(table[2].split()[1])
     assert float(table[0].split()[1]) == 0.0 and 0 < raw5 < raw10 < 0.5
     study = json.loads((tmp_path / "out/compression/study.json").read_text())
     assert study["mapping"] == "m" and len(study["rows"]) == 3
+    # one side-by-side figure: a panel per interval, titled with its difference
+    figure = tmp_path / "out/compression/study.png"
+    assert lines[-1] == f"figure: {figure}" and study["figure"] == "study.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    width = matplotlib.image.imread(figure).shape[1]
+    assert width > 1000  # three panels side by side (one alone is about 500 pixels)
 
 
 def test_gridded_model_file_written_by_xarray_gives_the_expression_model(tmp_path):

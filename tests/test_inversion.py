@@ -106,6 +106,8 @@ def test_a_small_inversion_lowers_the_misfit_tenfold(inverted):
     assert misfits[-1] < 0.1 * misfits[0]
     assert all(b < a for a, b in zip(misfits, misfits[1:]))  # every update decreases it
     assert all(it["simulations"] >= 2 for it in iterations)  # 2 events per evaluation
+    simulation = summary(inverted)["simulation"]
+    assert (simulation["ranks_per_job"], simulation["concurrent_events"]) == (1, 1)
     out = inverted / "out"
     for it in iterations:
         assert (out / it["model"]).is_file()
@@ -210,12 +212,13 @@ def test_stages_and_a_coarse_inversion_mesh(observed, tmp_path):
     ("inversion: {mapping: m, bounds: {VP: [1800.0, 2500.0]}}", "inversion.bounds.VP"),
     ("inversion: {mapping: m, method: {type: newton}}", "inversion.method.type"),
 ])
-def test_bad_inversion_blocks_are_refused(block, field, observed, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["invert", "validate"])
+def test_bad_inversion_blocks_are_refused(block, field, command, observed, tmp_path, capsys):
     text = INVERSION.replace("OBSERVED", str(observed))
     start = text.index("inversion:")
     text = text[:start] + block + "\noutput: out\n"
     (tmp_path / "job.yaml").write_text(text)
-    assert main(["invert", str(tmp_path / "job.yaml")]) == 2
+    assert main([command, str(tmp_path / "job.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"fwimpi: error: {field}: ") and "\n" not in err, err
     assert not (tmp_path / "out").exists()

@@ -20,7 +20,8 @@ import pytest  # noqa: E402
 
 from fwimpi.cli import main  # noqa: E402
 from fwimpi.jobs.plotting import plot_field, plot_traces  # noqa: E402
-from fwimpi.mesh.files import read_mesh_h5  # noqa: E402
+from fwimpi.mesh.files import (ReceiverData, read_mesh_h5, read_receivers_h5,  # noqa: E402
+                               write_mesh_h5, write_receivers_h5)
 from test_cli import write_job  # noqa: E402
 
 # SMALL_JOB's domain and mesh: 1000 m x 500 m, 400 m absorbing margins left, right, bottom
@@ -126,17 +127,77 @@ def test_model_plot_shows_the_model_range(products, tmp_path, figures):
     assert figures[-1].axes[0].get_xlim() == pytest.approx(DOMAIN[:2])
 
 
-def test_traces_plot_one_line_per_receiver(products, tmp_path, figures):
+def test_traces_plot_a_wiggle_gather_at_the_receiver_positions(products, tmp_path, figures):
     out, _ = products
     path = plot_traces(out / "events/ev1/receivers.h5", tmp_path / "traces.png")
     assert is_png(path) and matplotlib.image.imread(path).shape[-1] == 4
     ax = figures[-1].axes[0]
     assert len(ax.lines) == N_RECEIVERS
-    offsets = [line.get_ydata().mean() for line in ax.lines]
-    assert np.allclose(offsets, np.arange(N_RECEIVERS), atol=0.45)  # offset wiggles
-    assert max(np.abs(line.get_ydata() - r).max() for r, line in enumerate(ax.lines)) == \
-        pytest.approx(0.45)  # normalised by the largest trace
-    assert len({t.get_text() for t in ax.get_yticklabels()}) == N_RECEIVERS
+    positions = np.linspace(100.0, 900.0, N_RECEIVERS)  # SMALL_JOB's receivers, 200 m apart
+    centres = [np.median(line.get_xdata()) for line in ax.lines]
+    assert np.allclose(centres, positions, atol=1.0)  # each trace at its receiver's x
+    deflection = max(np.abs(line.get_xdata() - x).max() for x, line in zip(positions, ax.lines))
+    assert deflection == pytest.approx(0.9 * 200.0)  # the largest trace: 0.9 of the spacing
+    lo, hi = ax.get_ylim()
+    assert lo > hi == 0.0  # time increases downwards
+    assert ax.get_xlabel() == "receiver x (m)"
+
+
+def test_traces_plot_overlays_observed_data(products, tmp_path, figures):
+    out, _ = products
+    rec = read_receivers_h5(out / "events/ev1/receivers.h5")["ev1"]
+    order = np.array([4, 2, 0, 1, 3])  # another order: matched by station name
+    observed = ReceiverData({"phi": 0.5 * rec.traces["phi"][order]}, rec.coordinates[order],
+                            rec.dt, rec.start_time, tuple(np.array(rec.stations)[order]))
+    write_receivers_h5(tmp_path / "obs.h5", {"ev1": observed}, {})
+    assert main(["plot", str(out / "events/ev1/receivers.h5"), "--observed",
+                 str(tmp_path / "obs.h5"), "-o", str(tmp_path / "overlay.png")]) == 0
+    ax = figures[-1].axes[0]
+    assert len(ax.lines) == 2 * N_RECEIVERS
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["observed", "synthetic"]
+    black, red = ax.lines[0::2], ax.lines[1::2]
+    positions = np.linspace(100.0, 900.0, N_RECEIVERS)
+    for x0, b, r in zip(positions, black, red):  # observed: half its synthetic, same place
+        assert np.allclose(b.get_xdata() - x0, 0.5 * (r.get_xdata() - x0), atol=1e-6 * 180)
+
+
+def test_a_large_gather_is_drawn_as_images(tmp_path, figures):
+    t = 0.002 * np.arange(300)
+    x = np.linspace(0.0, 5900.0, 59)
+    synthetic = np.array([np.exp(-((t - 0.2 - xi / 3000.0) / 0.02) ** 2) for xi in x])
+    rec = ReceiverData({"phi": synthetic}, np.column_stack([x, np.zeros_like(x)]), 0.002, 0.0,
+                       tuple(f"R{k:03d}" for k in range(59)))
+    write_receivers_h5(tmp_path / "syn.h5", {"e": rec}, {})
+    write_receivers_h5(tmp_path / "obs.h5", {"e": ReceiverData(
+        {"phi": np.roll(synthetic, 5, axis=1)}, rec.coordinates, 0.002, 0.0, rec.stations)}, {})
+    plot_traces(tmp_path / "syn.h5", tmp_path / "g.png", observed=tmp_path / "obs.h5")
+    fig = figures[-1]
+    panels = [a for a in fig.axes if a.get_title()]
+    assert [a.get_title() for a in panels] == ["observed", "synthetic", "synthetic - observed"]
+    mesh = panels[2].collections[0]
+    assert mesh.get_array().size == 59 * 300 and mesh.get_clim() == (-1.0, 1.0)
+
+
+def test_field_plots_mark_sources_receivers_and_name_the_mapping(products, tmp_path, figures):
+    out, _ = products
+    g = read_mesh_h5(out / "gradient.h5")
+    attrs = dict(g.attrs)
+    spec = dict(attrs["job_spec"])
+    spec["mappings"] = [{"name": "m1", "parameters": ["VP"], "scaling": "relative",
+                         "source_cutout_radius_in_meters": 100.0}]
+    mapped = tmp_path / "m1.h5"
+    write_mesh_h5(mapped, g.points, g.cells, g.mass, g.fields,
+                  {**{k: v for k, v in attrs.items() if k not in ("format", "order")},
+                   "job_spec": spec, "kind": "mapped_gradient", "mapping": "m1"})
+    plot_field(mapped, tmp_path / "m1.png", "VP")
+    ax = figures[-1].axes[0]
+    title = ax.get_title()
+    assert title.splitlines()[1] == ("mapping m1; parameters: VP; scaling: relative; "
+                                     "source_cutout_radius_in_meters: 100.0")
+    marks = {c.get_label(): c.get_offsets() for c in ax.collections if c.get_label() in
+             ("sources", "receivers")}
+    assert np.allclose(marks["sources"], [[300.0, -250.0]])
+    assert np.allclose(marks["receivers"][:, 0], np.linspace(100.0, 900.0, N_RECEIVERS))
 
 
 @pytest.mark.parametrize("args", [["--clip", "1.5"], ["--field", "NOPE"]])

@@ -115,6 +115,17 @@ def test_resolved_is_json_and_parses_back(reference, tmp_path):
     assert dataclasses.replace(again, base_dir=reference.base_dir) == reference
 
 
+@pytest.mark.parametrize("without", [("mappings", "smoothing"), ("mappings", "smoothing",
+                                                                   "misfit_configuration")])
+def test_resolved_without_optional_blocks_parses_back(reference, tmp_path, without):
+    data = copy.deepcopy(reference.resolved)
+    for key in without:
+        data.pop(key, None)
+    spec = parse_job_spec(data, base_dir=tmp_path)
+    again = parse_job_spec(json.loads(json.dumps(spec.resolved)), base_dir=tmp_path)
+    assert again == spec and again.mappings == ()
+
+
 def test_defaults_when_optional_blocks_absent(tmp_path):
     spec = parse_job_spec(minimal(), base_dir=tmp_path)
     assert (spec.ranks_per_job, spec.site) == (1, "local")

@@ -40,7 +40,6 @@ from collections.abc import Iterable, Mapping as MappingABC
 from dataclasses import dataclass, field as dc_field
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from fwimpi.errors import FwimpiError
 from fwimpi.mesh.expression import Expression, compile_expression
@@ -105,6 +104,8 @@ def _within(points: np.ndarray, centres: np.ndarray, radius: float) -> np.ndarra
     """Boolean ``(P,)``: points strictly closer than ``radius`` to any of ``centres``."""
     if radius <= 0 or len(centres) == 0:
         return np.zeros(len(points), dtype=bool)
+    from scipy.spatial import cKDTree  # root-only: mappings run after the simulations
+
     dist, _ = cKDTree(centres).query(points, k=1, distance_upper_bound=radius)
     return dist < radius
 

@@ -20,13 +20,16 @@ import numpy as np
 from .. import __version__
 from ..errors import ConfigError, FwimpiError, NumericalError
 from ..inversion.solver import ModelError, WaveSolver
-from ..mesh.files import ReceiverData, write_json_atomic, write_receivers_h5
+from ..mesh.files import (ReceiverData, write_json_atomic, write_receivers_h5,
+                          write_wavelet_h5)
 from ..parallel.checkpoints import EventCheckpoints, checkpoint_bytes
 from ..parallel.collective import decide_on_root, on_root
 from ..parallel.distributed import DistributedMesh
 from ..parallel.groups import EventGroups
 from ..sem.acquisition import Event
+from ..sem.signals import pressure_operator
 from .plan import JobPlan, plan_job
+from .plotting import plot_wavelets
 from .postprocessing import map_and_smooth
 from .progress import Progress
 from .spec import JobSpec
@@ -78,8 +81,8 @@ def _run(spec: JobSpec, plan: JobPlan, groups: EventGroups, mesh: DistributedMes
     root, leader = world.rank == 0, comm.rank == 0
     axis = plan.axis
     try:
-        solver = WaveSolver(mesh, plan.model(mesh.coordinates), axis, spec.simulation.wavelet,
-                            spec.simulation.absorbing)
+        solver = WaveSolver(mesh, plan.model(mesh.coordinates), axis, plan.wavelet,
+                            spec.simulation.absorbing, top_boundary=spec.simulation.top_boundary)
     except ModelError as err:
         raise ConfigError(str(err)) from None
     chunk = plan.chunk
@@ -90,7 +93,10 @@ def _run(spec: JobSpec, plan: JobPlan, groups: EventGroups, mesh: DistributedMes
                  "event(s) at once; dt = %.4g s, %d steps", m.nex, m.ney, m.order, m.n_points,
                  comm.size, groups.count, axis.dt, axis.n_steps)
         if gradients:
-            log.info("gradient: forward wavefield kept every %d step(s); %s", interval,
+            lossy = spec.compression.lossy
+            log.info("gradient: forward wavefield kept every %d step(s)%s; %s", interval,
+                     "" if lossy is None else
+                     f", ZFP-compressed to {lossy.tolerance:g} of its peak",
                      "all in memory" if chunk >= axis.n_steps else
                      f"checkpoints every {chunk} steps, chunks recomputed")
     attrs = {"fwimpi_version": __version__, "job": spec.name, "job_spec": spec.resolved,
@@ -153,7 +159,7 @@ def _run(spec: JobSpec, plan: JobPlan, groups: EventGroups, mesh: DistributedMes
                 for name in total:
                     total[name] += grad[name]
             if leader:
-                files = [entry["receivers"]] + ([entry["gradient"]] if gradients else [])
+                files = [entry[k] for k in ("receivers", "gradient", "wavelet") if k in entry]
                 state.record(f"event/{event.name}", files=files, summary=entry)
             return ("done", entry)
         return ("failed", failure)
@@ -225,12 +231,33 @@ def _checkpoint_settings(spec: JobSpec, event: Event, plan: JobPlan, state: JobS
     }
 
 
-def _local_misfit(spec: JobSpec, plan: JobPlan, event: Event):
-    """``(kept receiver indices, traces) -> (J part, dJ/dtraces)`` of the event."""
-    misfit, dt = spec.misfit.misfit, plan.axis.dt
+def _local_misfit(spec: JobSpec, plan: JobPlan, event: Event, comm=None):
+    """``(kept receiver indices, traces) -> (J part, dJ/dtraces)`` of the event, and the
+    misfit object (with ``estimate_wavelet``, the estimator: its ``last`` filter). With ``estimate_wavelet`` the wavelet filter sums spectra over the ranks
+    of ``comm`` (collective; None: one process holds every receiver)."""
+    misfit, dt = spec.misfit.on_potential, plan.axis.dt
+    estimator = misfit
+    if spec.misfit.estimate_wavelet:
+        reduce = ((lambda n, d: (n, d)) if comm is None else
+                  (lambda n, d: (comm.allreduce(n), comm.allreduce(d))))
+        misfit, estimator = spec.misfit.estimating(reduce)
     observed = plan.observed.get(event.name)
-    return lambda keep, traces: misfit.evaluate(
-        traces, None if observed is None else observed[keep], dt)
+    return (lambda keep, traces: misfit.evaluate(
+        traces, None if observed is None else observed[keep], dt)), estimator
+
+
+def _write_estimated_wavelet(out: Path, event: Event, plan: JobPlan, estimate) -> str:
+    """Rank 0: an event's estimated source time function (a Custom wavelet file) and its
+    picture next to the wavelet it was simulated with."""
+    times = plan.axis.times
+    original = plan.wavelet(times)
+    estimated = estimate.wavelet(original)
+    rel = Path("events") / event.name / "wavelet.h5"
+    write_wavelet_h5(out / rel, estimated, plan.axis.dt, plan.axis.start_time,
+                     {"event": event.name, "kind": "estimated_wavelet"})
+    plot_wavelets(times, original, estimated, out / rel.with_suffix(".png"),
+                  f"event {event.name}: estimated source wavelet")
+    return str(rel)
 
 
 def _run_event(spec: JobSpec, plan: JobPlan, state: JobState, solver: WaveSolver, event: Event,
@@ -253,8 +280,11 @@ def _run_event(spec: JobSpec, plan: JobPlan, state: JobState, solver: WaveSolver
             f"event {event.name}", checkpoint_bytes(mesh.n_global, -(-axis.n_steps // chunk),
                                                     n_receivers, axis.n_steps))
         try:
-            result = solver.gradient(event, _local_misfit(spec, plan, event), interval=interval,
-                                     chunk=chunk, checkpoints=checkpoints)
+            local, misfit = _local_misfit(spec, plan, event, comm)
+            lossy = spec.compression.lossy  # ZFP-compressed samples (or None: exact)
+            result = solver.gradient(event, local, interval=interval, chunk=chunk,
+                                     checkpoints=checkpoints,
+                                     lossy=None if lossy is None else lossy.tolerance)
             keep, traces, fwd = result.receivers_kept, result.traces, result.forward_seconds
             adj = mesh.max(result.adjoint_seconds)
             entry["misfit"] = result.misfit
@@ -283,19 +313,24 @@ def _run_event(spec: JobSpec, plan: JobPlan, state: JobState, solver: WaveSolver
             log.info("%s: forward %.3f s (%.1f M point-updates/s)%s", label, fwd,
                      plan.mesh.n_points * axis.n_steps / max(fwd, 1e-9) / 1e6,
                      f", adjoint {adj:.3f} s" if gradients else "")
-        data = ReceiverData({"phi": traces}, event.receiver_coordinates, axis.dt,
-                            axis.start_time, event.stations)
+        fields = {"phi": traces}
+        if any("p" in r.fields for r in event.receivers):
+            fields["p"] = np.asarray(traces @ pressure_operator(traces.shape[1], axis.dt).T)
+        data = ReceiverData(fields, event.receiver_coordinates, axis.dt, axis.start_time,
+                            event.stations)
         write_receivers_h5(out / entry["receivers"], {event.name: data},
                            {"fwimpi_version": __version__, "job": spec.name,
                             "job_spec": spec.resolved, "nprocs": comm.size, "kind": "receivers"})
         if spec.misfit is not None and not gradients:
-            entry["misfit"] = _local_misfit(spec, plan, event)(
-                np.arange(n_receivers), traces)[0]
+            local, misfit = _local_misfit(spec, plan, event)
+            entry["misfit"] = local(np.arange(n_receivers), traces)[0]
             if not math.isfinite(entry["misfit"]):
                 raise NumericalError(f"event {event.name}: the misfit is not finite "
                                      f"({entry['misfit']})")
         if "misfit" in entry:
             log.info("%s: misfit %s = %.6e", label, spec.misfit.misfit_function,
                      entry["misfit"])
+        if spec.misfit is not None and spec.misfit.estimate_wavelet:
+            entry["wavelet"] = _write_estimated_wavelet(out, event, plan, misfit.last[0])
     entry = comm.bcast(entry, root=0)
     return entry, fwd, adj, grad

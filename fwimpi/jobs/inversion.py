@@ -38,7 +38,7 @@ from ..parallel.distributed import DistributedMesh
 from ..parallel.groups import EventGroups
 from ..sem.misfits import FilteredMisfit
 from ..sem.operators import assembled_sum
-from ..sem.signals import ZeroPhaseLowpass
+from ..sem.signals import ZeroPhaseLowpass, pressure_operator
 from .plan import JobPlan, plan_job
 from .plotting import plot_misfit_history, plot_model_pair, plot_trace_overlay
 from .spec import JobSpec
@@ -63,7 +63,8 @@ def run_inversion(spec: JobSpec, world, concurrent_events: int | None = None) ->
     with EventGroups(world, ranks) as groups, DistributedMesh(groups.comm, plan.mesh) as mesh:
         try:
             solver = WaveSolver(mesh, plan.model(mesh.coordinates), plan.axis,
-                                spec.simulation.wavelet, spec.simulation.absorbing)
+                                plan.wavelet, spec.simulation.absorbing,
+                                top_boundary=spec.simulation.top_boundary)
         except ModelError as err:
             raise ConfigError(str(err)) from None
         driver = _Driver(spec, plan, groups, mesh, solver)
@@ -99,8 +100,10 @@ class _Driver:
         self.ranges = self.comm.gather(mesh.natural_range, root=0)  # per world rank
         self.interval = spec.compression.forward_wavefield_sampling_interval
         budget = spec.compression.memory_per_rank_in_mb * 2**20
+        lossy = spec.compression.lossy
+        self.lossy = None if lossy is None else lossy.tolerance  # ZFP tolerance, or exact
         self.chunk = plan_chunks(plan.axis.n_steps, self.interval, plan.max_local_points,
-                                 budget, checkpoints_on_disk=False)
+                                 budget, checkpoints_on_disk=False, lossy=self.lossy)
         self.settings = settings_hash(spec, plan)
         self.simulations = 0
         self.stopped = None
@@ -204,7 +207,11 @@ class _Driver:
     # ------------------------------------------------------------------ evaluation
 
     def _misfit(self, stage: int):
-        misfit = self.spec.misfit.misfit
+        misfit = self.spec.misfit.on_potential
+        if self.spec.misfit.estimate_wavelet:  # per event, summed over the group's ranks
+            comm = self.mesh.comm
+            misfit, _ = self.spec.misfit.estimating(
+                lambda n, d: (comm.allreduce(n), comm.allreduce(d)))
         fmax = self.inv.stages[stage].max_frequency_in_hertz
         if fmax is not None:
             misfit = FilteredMisfit(misfit, ZeroPhaseLowpass(fmax, self.plan.axis.dt))
@@ -252,7 +259,7 @@ class _Driver:
             observed = self.plan.observed[event.name]
             result = self.solver.gradient(
                 event, lambda keep, tr: misfit.evaluate(tr, observed[keep], dt),
-                interval=self.interval, chunk=self.chunk)
+                interval=self.interval, chunk=self.chunk, lossy=self.lossy)
             gradient = {p: self._gather(mesh.to_natural(g)) for p, g in result.gradient.items()}
             traces = mesh.gather_rows(result.receivers_kept, result.traces, len(event.receivers))
             return result.misfit, gradient, traces
@@ -322,8 +329,9 @@ class _Driver:
         preconditioned = space.precondition(kernel)
         fields = with_kernels(space.split(g), weights)
         fields.update({f"{p}_preconditioned": v for p, v in space.split(preconditioned).items()})
+        on_space = {k: v for k, v in attrs.items() if k not in ("mesh", "dt")}  # not a model
         write_mesh_h5(folder / "gradient.h5", points, cells, weights, fields,
-                      {**attrs, "kind": "inversion_gradient", "nprocs": self.comm.size})
+                      {**on_space, "kind": "inversion_gradient", "nprocs": self.comm.size})
         self.records.append({"iteration": k, "stage": stage, "misfit": f,
                              "model": str(Path(FOLDER) / folder.name / "model.h5"),
                              "gradient": str(Path(FOLDER) / folder.name / "gradient.h5"),
@@ -352,8 +360,11 @@ class _Driver:
             observed = self.plan.observed[event.name]
             misfit = self._misfit(stage)
             show = (misfit.filter if isinstance(misfit, FilteredMisfit) else (lambda a: a))
+            if self.spec.misfit.receiver_field == "p":  # compare pressure with pressure
+                traces = np.asarray(traces @ pressure_operator(traces.shape[1],
+                                                               self.plan.axis.dt).T)
             plot_trace_overlay(self.plan.axis.times, show(observed), show(traces),
-                               event.stations, folder / "traces.png",
+                               event.receiver_coordinates, folder / "traces.png",
                                f"event {event.name}, iteration {k}")
             plots.append(str((folder / "traces.png").relative_to(out)))
         return plots
@@ -395,7 +406,8 @@ class _Driver:
                                                             "model", "simulations", "seconds")
                                           if k in r} for r in records],
                           "final_model": records[-1]["model"]},
-            "simulation": {"ranks": self.comm.size, **self.plan.describe(),
+            "simulation": {"ranks": self.comm.size, "ranks_per_job": self.groups.comm.size,
+                           "concurrent_events": self.groups.count, **self.plan.describe(),
                            "inversion_seconds": seconds, "peak_memory_mb_per_rank": peak},
         }
         if self.stopped:

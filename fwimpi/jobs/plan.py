@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..mesh.files import ReceiverData, read_receivers_h5
+from ..mesh.files import ReceiverData, read_receivers_h5, read_wavelet_h5
 from ..mesh.model import ModelEvaluator
+from ..mesh.segy import is_segy, read_segy
 from ..mesh.structured import MeshTooLarge, StructuredMesh, mesh_for_model
 from ..inversion.gradient import plan_chunks
 from ..inversion.mapping import EventGeometry
@@ -23,7 +24,8 @@ from ..parallel.decomposition import decompose, local_point_counts
 from ..sem.acquisition import Event
 from ..sem.signals import resample
 from ..sem.timestepper import COURANT_FACTOR, TimeAxis, stable_time_step
-from .spec import EVENT_PLACEHOLDER, JobSpec, observed_file
+from ..sem.wavelets import SampledWavelet
+from .spec import EVENT_PLACEHOLDER, CustomWavelet, JobSpec, observed_file
 
 #: The largest mesh a job may ask for (points): about 2 GB of model and wavefield per field.
 MAX_POINTS = 50_000_000
@@ -39,6 +41,23 @@ POSITION_TOLERANCE = 1e-3
 BYTES_PER_LOCAL_POINT = 400
 BYTES_PER_GLOBAL_POINT = 40
 BASE_BYTES_PER_RANK = 250 * 2**20
+#: Wave speeds (m/s) outside USUAL_VP draw a warning, outside POSSIBLE_VP an error: the
+#: model is in other units (km/s) or mistyped. Densities (kg/m^3) outside USUAL_RHO warn.
+USUAL_VP = (100.0, 10_000.0)
+POSSIBLE_VP = (10.0, 100_000.0)
+USUAL_RHO = (100.0, 30_000.0)
+#: Fractions of the wavelet's energy above ``max_frequency_in_hertz`` (the mesh resolves up
+#: to it) that draw a warning and an error. A Ricker of center frequency fc on a mesh of
+#: 2 fc has 0.7% there, on 1.5 fc 11%.
+WAVELET_BAND_WARNING = 0.01
+WAVELET_BAND_ERROR = 0.10
+#: Domain crossings of the fastest wave beyond which the duration draws a warning.
+CROSSINGS_WARNING = 50
+#: The forward rate (point-updates per second per rank) behind `fwimpi validate`'s time
+#: estimate; ``scripts/bench_forward`` measures a machine's own. An adjoint with its
+#: recomputation costs about ``ADJOINT_COST`` forwards.
+ESTIMATE_RATE = 100e6
+ADJOINT_COST = 2.7
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,11 @@ class JobPlan:
     chunk: int | None
     max_local_points: int
     memory_per_rank: int
+    wavelet: object = None  # the source time function (Ricker or SampledWavelet)
+    #: implausible but possible settings, one line each (``fwimpi validate`` and ``run`` say
+    #: them before anything runs)
+    warnings: tuple[str, ...] = ()
+    max_velocity: float = 0.0
 
     def describe(self) -> dict:
         """The derived sizes that ``fwimpi validate`` prints and ``summary.json`` records."""
@@ -89,10 +113,17 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None,
     if not margin <= 10.0 * extent:
         raise ConfigError(f"simulation_configuration.absorbing_boundaries: the margins would be "
                           f"{margin:.3g} m wide, more than 10 times the domain ({extent:g} m)")
+    warnings = []
     if model.mesh is not None:  # a model file written by fwimpi brings its own mesh
         mesh = _file_mesh(spec, model, margin)
+        warnings += check_model_units(model(mesh.points))
         vmin = float(model(mesh.points)["VP"].min())
     else:
+        with np.errstate(all="ignore"):  # overflowing extents are reported below
+            x = np.linspace(box.x0, box.x1, 65)
+            y = np.linspace(box.y0, box.y1, 65)
+            sample = model(np.column_stack([a.ravel() for a in np.meshgrid(x, y)]))
+        warnings += check_model_units(sample)
         try:
             with np.errstate(all="ignore"):  # overflowing extents are reported below
                 mesh, vmin = mesh_for_model(spec.domain.box, margin, sim.tensor_order,
@@ -138,8 +169,9 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None,
         raise ConfigError(
             f"simulation_configuration.end_time_in_seconds: {sim.end_time_in_seconds:g} s is "
             f"less than one time step ({dt:.4g} s)")
+    wavelet = load_wavelet(sim.wavelet)
     with np.errstate(all="ignore"):
-        signal = sim.wavelet(axis.times)
+        signal = wavelet(axis.times)
     if not np.isfinite(signal).all():
         raise ConfigError("simulation_configuration.wavelet: the source time function is not "
                           "finite at the time steps; check time_shift_in_seconds")
@@ -155,14 +187,151 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None,
             raise ConfigError(
                 f"events[{i}].receivers: {len(event.receivers)} receivers of {axis.n_steps + 1} "
                 f"samples are {samples:,} values, more than {MAX_TRACE_SAMPLES:,}")
+    warnings += check_wavelet_band(wavelet, axis, sim.max_frequency_in_hertz)
+    vmax = float(values["VP"].max())
+    diameter = math.hypot(box.x1 - box.x0, box.y1 - box.y0)
+    crossings = sim.end_time_in_seconds * vmax / diameter
+    if crossings > CROSSINGS_WARNING:
+        warnings.append(
+            f"simulation_configuration.end_time_in_seconds: {sim.end_time_in_seconds:g} s lets "
+            f"the fastest wave ({vmax:g} m/s) cross the domain {crossings:,.0f} times in "
+            f"{axis.n_steps:,} steps; check the units (seconds)")
     _check_postprocessing(spec, mesh)
     local = int(local_point_counts(mesh.nex, mesh.ney, mesh.order, part).max())
     chunk = _chunk(spec, axis, local) if gradients else None
+    budget = spec.compression.memory_per_rank_in_mb * 2**20
+    if gradients and spec.compression.lossy is None:  # the stored chunk, at most the budget
+        interval = spec.compression.forward_wavefield_sampling_interval
+        budget = min(budget, (chunk // interval + 2) * 8.0 * local)
     memory = (BASE_BYTES_PER_RANK + BYTES_PER_GLOBAL_POINT * mesh.n_points
-              + BYTES_PER_LOCAL_POINT * local
-              + (spec.compression.memory_per_rank_in_mb * 2**20 if gradients else 0))
+              + BYTES_PER_LOCAL_POINT * local + (budget if gradients else 0))
     observed = read_observed(spec, axis)
-    return JobPlan(mesh, model, vmin, stable, axis, observed, chunk, local, int(memory))
+    return JobPlan(mesh, model, vmin, stable, axis, observed, chunk, local, int(memory), wavelet,
+                   tuple(warnings), vmax)
+
+
+def check_model_units(values: dict[str, np.ndarray]) -> list[str]:
+    """Warnings for a model whose ``VP`` (m/s) or ``RHO`` (kg/m^3) lie outside the usual
+    ranges; a ConfigError for wave speeds no medium has (the model is in km/s, say)."""
+    out = []
+    with np.errstate(all="ignore"):
+        lo, hi = float(np.nanmin(values["VP"])), float(np.nanmax(values["VP"]))
+    if lo < POSSIBLE_VP[0] or hi > POSSIBLE_VP[1]:
+        hint = "km/s? give m/s" if lo < POSSIBLE_VP[0] else "check the units, m/s"
+        raise ConfigError(f"model: VP from {lo:g} to {hi:g} m/s is no wave speed of rock, water "
+                          f"or air ({hint})")
+    if lo < USUAL_VP[0] or hi > USUAL_VP[1]:
+        out.append(f"model: VP from {lo:g} to {hi:g} m/s lies outside the usual "
+                   f"{USUAL_VP[0]:g}-{USUAL_VP[1]:,.0f} m/s; check the units (m/s)")
+    if "RHO" in values:
+        with np.errstate(all="ignore"):
+            lo, hi = float(np.nanmin(values["RHO"])), float(np.nanmax(values["RHO"]))
+        if lo < USUAL_RHO[0] or hi > USUAL_RHO[1]:
+            out.append(f"model: RHO from {lo:g} to {hi:g} kg/m^3 lies outside the usual "
+                       f"{USUAL_RHO[0]:g}-{USUAL_RHO[1]:,.0f} kg/m^3; check the units "
+                       f"(kg/m^3, not g/cm^3)")
+    return out
+
+
+def wavelet_band_fraction(wavelet, axis: TimeAxis, max_frequency: float) -> float:
+    """The fraction of the source time function's energy above ``max_frequency`` (Hz): its
+    spectrum over its own span (a Ricker's ``t0 +- 2 / fc``, a sampled wavelet's samples;
+    else the simulated time), sampled every ``1 / (20 f_max)`` (finer for a finer sampled
+    wavelet; at most 2^22 samples)."""
+    dt = 1.0 / (20.0 * max_frequency)
+    if isinstance(wavelet, SampledWavelet):
+        start, span = wavelet.start_time, (len(wavelet.samples) - 1) * wavelet.dt
+        dt = min(dt, wavelet.dt)
+    elif getattr(wavelet, "center_frequency", None):
+        start, span = wavelet.t0 - 2.0 / wavelet.center_frequency, 4.0 / wavelet.center_frequency
+    else:
+        start, span = axis.start_time, axis.n_steps * axis.dt
+    dt = max(dt, span / (2**22 - 1))  # at most 2^22 samples
+    n = int(span / dt) + 1
+    with np.errstate(all="ignore"):
+        signal = np.asarray(wavelet(start + dt * np.arange(n)), dtype=float)
+    power = np.abs(np.fft.rfft(signal, 2 * n)) ** 2
+    freqs = np.fft.rfftfreq(2 * n, dt)
+    total = float(power.sum())
+    return float(power[freqs > max_frequency].sum()) / total if total > 0 else 0.0
+
+
+def check_wavelet_band(wavelet, axis: TimeAxis, max_frequency: float) -> list[str]:
+    """A warning when more than ``WAVELET_BAND_WARNING`` of the wavelet's energy lies above
+    the frequency the mesh resolves, a ConfigError beyond ``WAVELET_BAND_ERROR``."""
+    fraction = wavelet_band_fraction(wavelet, axis, max_frequency)
+    centre = getattr(wavelet, "center_frequency", None)
+    hint = (f"raise max_frequency_in_hertz to at least {2 * centre:g} Hz (twice the Ricker's "
+            f"center frequency) or lower the wavelet's frequency" if centre else
+            "raise max_frequency_in_hertz or low-pass the wavelet")
+    text = (f"{fraction:.1%} of the wavelet's energy lies above max_frequency_in_hertz = "
+            f"{max_frequency:g} Hz, which the mesh resolves; {hint}")
+    if fraction > WAVELET_BAND_ERROR:
+        raise ConfigError(f"simulation_configuration.wavelet: {text}")
+    return [f"simulation_configuration.wavelet: {text}"] if fraction > WAVELET_BAND_WARNING else []
+
+
+def summary_text(spec: JobSpec, plan: JobPlan, ranks: int, gradients: bool) -> str:
+    """What ``fwimpi validate`` prints: the mesh, time axis, memory and time estimates, the
+    products, and the plan's warnings, a few lines for a person."""
+    mesh, axis = plan.mesh, plan.axis
+    events = len(spec.events)
+    k = spec.concurrent_events
+    forward = mesh.n_points * axis.n_steps / (ESTIMATE_RATE * ranks)
+    per_event = forward * (1 + ADJOINT_COST) if gradients else forward
+    total = per_event * -(-events // k)
+    products = ["receivers"]
+    if spec.misfit is not None:
+        products.append(f"misfit {spec.misfit.misfit_function}")
+        if gradients:
+            products.append("gradient")
+    products += [f"mapping {m.name}" for m in spec.mappings]
+    if spec.smoothing is not None:
+        products.append("smoothing")
+    if spec.inversion is not None:
+        products.append(f"inversion ({spec.inversion.iterations} updates, with fwimpi invert)")
+    lines = [
+        f"job {spec.name}: {events} event{'s' * (events != 1)}, {ranks} rank"
+        f"{'s' * (ranks != 1)} per event, {k} event{'s' * (k != 1)} at a time; "
+        f"output {spec.output}",
+        f"mesh: {mesh.nex} x {mesh.ney} elements of order {mesh.order}, {mesh.n_points:,} "
+        f"points, elements {mesh.hx:.4g} x {mesh.hy:.4g} m, absorbing margins "
+        f"{mesh.margin:g} m",
+        f"model: VP {plan.min_velocity:g} to {plan.max_velocity:g} m/s (the mesh resolves "
+        f"{spec.simulation.max_frequency_in_hertz:g} Hz at {plan.min_velocity:g} m/s)",
+        f"time: {axis.n_steps:,} steps of {axis.dt:.4g} s to "
+        f"{axis.n_steps * axis.dt:.4g} s (CFL limit {plan.stable_dt:.4g} s)",
+        f"memory: about {plan.memory_per_rank / 2**20:,.0f} MB per rank, "
+        f"{plan.memory_per_rank * ranks * k / 2**30:.2f} GB in all",
+        f"time estimate: about {_duration(forward)} per forward, {_duration(total)} for the "
+        f"job{' with gradients' if gradients else ''} (at {ESTIMATE_RATE / 1e6:g} M "
+        f"point-updates/s per rank; scripts/bench_forward measures this machine's rate)",
+        f"products: {', '.join(products)}",
+    ]
+    lines += [f"warning: {w}" for w in plan.warnings]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.2g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+def load_wavelet(wavelet):
+    """The source time function of the spec: a Ricker as it is, a Custom wavelet's file read
+    into a SampledWavelet. Raises ConfigError."""
+    if not isinstance(wavelet, CustomWavelet):
+        return wavelet
+    field = "simulation_configuration.wavelet.file"
+    try:
+        samples, dt, start = read_wavelet_h5(wavelet.file)
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"{field}: cannot read {wavelet.file}: "
+                          f"{' '.join(str(err).split())}") from None
+    return SampledWavelet(samples, dt, start)
 
 
 def _file_mesh(spec: JobSpec, model: ModelEvaluator, margin: float) -> StructuredMesh:
@@ -186,11 +355,14 @@ def _count(n: int) -> str:
 
 
 def _chunk(spec: JobSpec, axis: TimeAxis, local_points: int) -> int:
-    """Checkpoint spacing from the per-rank memory budget (the largest rank's points)."""
+    """Checkpoint spacing from the per-rank memory budget (the largest rank's points); with
+    lossy compression, from the compressed samples' estimated size (``plan_chunks``)."""
     budget = spec.compression.memory_per_rank_in_mb * 2**20
+    lossy = spec.compression.lossy
     try:
         return plan_chunks(axis.n_steps, spec.compression.forward_wavefield_sampling_interval,
-                           local_points, budget)
+                           local_points, budget,
+                           lossy=None if lossy is None else lossy.tolerance)
     except ValueError as err:
         raise ConfigError(f"wavefield_compression.memory_per_rank_in_mb: the gradient {err}"
                           ) from None
@@ -255,22 +427,35 @@ def read_observed(spec: JobSpec, axis: TimeAxis) -> dict[str, np.ndarray]:
     out = {}
     for event in spec.events:
         path = observed_file(misfit.observed_data, event.name)
+        where = f"{field}: event '{event.name}'"
+        tolerance = POSITION_TOLERANCE
         try:
-            data = read_receivers_h5(path)
+            if is_segy(path):
+                if len(spec.events) > 1 and EVENT_PLACEHOLDER not in str(misfit.observed_data):
+                    raise ConfigError(f"{field}: a SEG-Y file holds one event's traces; name "
+                                      f"one file per event with a pattern such as "
+                                      f"data/{EVENT_PLACEHOLDER}.sgy")
+                segy = read_segy(path, misfit.receiver_field)
+                rec = segy.data
+                tolerance = max(POSITION_TOLERANCE, 0.5 * segy.resolution * (1 + 1e-9))
+                check_segy_source(event, segy.sources, tolerance, f"{where}: {path}")
+            else:
+                data = read_receivers_h5(path)
+                if event.name in data:
+                    rec = data[event.name]
+                elif len(data) == 1 and EVENT_PLACEHOLDER in str(misfit.observed_data):
+                    (rec,) = data.values()  # one event per file: its name is the file's
+                else:
+                    raise ConfigError(f"{field}: no event '{event.name}' in {path}")
         except (OSError, ValueError, KeyError) as err:
+            if isinstance(err, ConfigError):
+                raise
             raise ConfigError(f"{field}: cannot read {path}: {' '.join(str(err).split())}"
                               ) from None
-        if event.name in data:
-            rec = data[event.name]
-        elif len(data) == 1 and EVENT_PLACEHOLDER in str(misfit.observed_data):
-            (rec,) = data.values()  # one event per file: its name is the file's
-        else:
-            raise ConfigError(f"{field}: no event '{event.name}' in {path}")
         traces = rec.traces.get(misfit.receiver_field)
-        where = f"{field}: event '{event.name}'"
         if traces is None:
             raise ConfigError(f"{where}: no '{misfit.receiver_field}' traces in {path}")
-        rows = match_receivers(event, rec, where)
+        rows = match_receivers(event, rec, where, tolerance)
         matched = np.ascontiguousarray(traces[rows])
         bad = ~np.isfinite(matched)
         if bad.any():
@@ -289,7 +474,7 @@ def _on_axis(traces: np.ndarray, dt: float, start_time: float, axis: TimeAxis,
             and abs(start_time - axis.start_time) <= 1e-9 * axis.dt):
         return traces
     end, data_end = axis.start_time + axis.n_steps * axis.dt, start_time + (traces.shape[1] - 1) * dt
-    if start_time > axis.start_time + 1e-9 * dt or data_end < end - 1e-9 * dt:
+    if start_time > axis.start_time + dt or data_end < end - dt:  # within one data sample
         raise ConfigError(f"{where}: the data covers t in [{start_time:g}, {data_end:g}] s, the "
                           f"simulation t in [{axis.start_time:g}, {end:g}] s")
     try:
@@ -298,9 +483,27 @@ def _on_axis(traces: np.ndarray, dt: float, start_time: float, axis: TimeAxis,
         raise ConfigError(f"{where}: {err}") from None
 
 
-def match_receivers(event: Event, data: ReceiverData, where: str) -> np.ndarray:
+def check_segy_source(event: Event, sources: np.ndarray, tolerance: float, where: str) -> None:
+    """Every trace's source position ``sources (R, 2)`` (NaN: not in the headers) lies within
+    ``tolerance`` (m) of one of ``event``'s sources; else a ConfigError naming both."""
+    known = np.isfinite(sources).all(axis=1)
+    if not known.any():
+        return
+    positions = event.source_coordinates
+    distance = np.linalg.norm(sources[known][:, None, :] - positions[None, :, :], axis=2)
+    far = distance.min(axis=1) > tolerance
+    if far.any():
+        k = int(np.flatnonzero(known)[np.flatnonzero(far)[0]])
+        at = ", ".join(f"{v:g}" for v in sources[k])
+        ours = "; ".join(", ".join(f"{v:g}" for v in p) for p in positions)
+        raise ConfigError(f"{where}: trace {k + 1} was shot at ({at}), not at the event's "
+                          f"source ({ours})")
+
+
+def match_receivers(event: Event, data: ReceiverData, where: str,
+                    tolerance: float = POSITION_TOLERANCE) -> np.ndarray:
     """Row of ``data`` for each receiver of ``event`` ``(R,)``: the trace of the same station
-    name when it lies within ``POSITION_TOLERANCE`` of the receiver, else the one trace at
+    name when it lies within ``tolerance`` (m) of the receiver, else the one trace at
     the receiver's position. The order in the file never matters; a receiver with no trace
     (or a name whose trace lies elsewhere and no trace at its position) is a ConfigError
     naming it."""
@@ -311,10 +514,10 @@ def match_receivers(event: Event, data: ReceiverData, where: str) -> np.ndarray:
         position = np.asarray(receiver.position, dtype=float)
         distance = np.linalg.norm(coords - position, axis=1)
         k = by_name.get(receiver.station)
-        if k is not None and distance[k] <= POSITION_TOLERANCE:
+        if k is not None and distance[k] <= tolerance:
             rows[i] = k
             continue
-        near = np.flatnonzero(distance <= POSITION_TOLERANCE)
+        near = np.flatnonzero(distance <= tolerance)
         if len(near) == 1:
             rows[i] = near[0]
             continue
@@ -325,5 +528,5 @@ def match_receivers(event: Event, data: ReceiverData, where: str) -> np.ndarray:
         elsewhere = ("" if k is None else f"; the trace named {receiver.station} lies at "
                      f"({', '.join(f'{v:g}' for v in coords[k])})")
         raise ConfigError(f"{where}: no trace for receiver {receiver.station} at ({at}), "
-                          f"by name or within {POSITION_TOLERANCE * 1e3:g} mm{elsewhere}")
+                          f"by name or within {tolerance * 1e3:g} mm{elsewhere}")
     return rows

@@ -31,16 +31,20 @@ from fwimpi.mesh.model import ModelSource
 from fwimpi.mesh.structured import Box
 from fwimpi.sem.absorbing import AbsorbingBoundaries
 from fwimpi.sem.acquisition import Event, PointSource, Receiver
-from fwimpi.sem.misfits import MISFITS, Misfit
+from fwimpi.sem.misfits import MISFITS, Misfit, PressureMisfit
 from fwimpi.sem.physics import ACOUSTIC
+from fwimpi.sem.source_estimation import EstimatedWaveletMisfit
 from fwimpi.sem.wavelets import Ricker
 
-__all__ = ("AbsorbingBoundaries", "Compression", "Domain", "Event", "JobSpec", "MisfitConfig",
+__all__ = ("AbsorbingBoundaries", "Compression", "Domain", "Event", "JobSpec",
+           "LossyCompression", "MisfitConfig",
            "ModelSource", "PointSource", "Receiver", "Ricker", "SimulationConfig",
            "load_job_spec", "parse_job_spec")
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-RECEIVER_FIELDS = ("phi",)
+#: What receivers record: the potential ``phi`` (Pa s^2) and the pressure ``p = -d2phi/dt2``
+#: (Pa, what a hydrophone records; ``signals.pressure_operator``).
+RECEIVER_FIELDS = ("phi", "p")
 MAX_LINSPACE_POINTS = 1_000_000
 #: Default memory for the gradient's forward wavefield, per rank: with it the tutorial's
 #: gradient run peaks at 1.8x the forward run's memory (scripts/bench_gradient).
@@ -76,8 +80,11 @@ class SimulationConfig:
     max_frequency_in_hertz: float
     end_time_in_seconds: float
     time_step_in_seconds: float | None
-    wavelet: Ricker
+    wavelet: "Ricker | CustomWavelet"
     absorbing: AbsorbingBoundaries | None
+    #: "neumann" (natural; a rigid wall for the potential) or "dirichlet" (phi = 0: the
+    #: pressure-free surface)
+    top_boundary: str = "neumann"
 
 
 EVENT_PLACEHOLDER = "{event}"
@@ -120,19 +127,46 @@ class MisfitConfig:
     observed_data: Path | None
     misfit: Misfit
     receiver_field: str
+    #: estimate each event's source wavelet from its data (``source_estimation``)
+    estimate_wavelet: bool = False
 
     @property
     def misfit_function(self) -> str:
         """The misfit's name in the job spec."""
         return self.misfit.name
 
+    @property
+    def on_potential(self):
+        """The misfit as a function of the simulated ``phi`` traces: the registered one for
+        ``receiver_field: phi``, wrapped in ``PressureMisfit`` for ``p``."""
+        return PressureMisfit(self.misfit) if self.receiver_field == "p" else self.misfit
+
+    def estimating(self, reduce):
+        """``(misfit on phi, estimator)`` with the wavelet estimated (``reduce`` sums the
+        spectra over ranks) on the compared field: ``J(F D phi, d)`` for ``p``, with ``F``
+        fitted to ``D phi``, so ``F`` is the same filter of the source for either field."""
+        estimator = EstimatedWaveletMisfit(self.misfit, reduce, [])
+        return (PressureMisfit(estimator) if self.receiver_field == "p" else estimator,
+                estimator)
+
+
+@dataclass(frozen=True)
+class LossyCompression:
+    """`wavefield_compression.lossy`: the stored forward wavefield compressed by `codec`
+    (`zfp`, fixed-accuracy mode) to within `tolerance` (0 < T < 1) times its peak."""
+
+    codec: str
+    tolerance: float
+
 
 @dataclass(frozen=True)
 class Compression:
-    """Forward wavefield buffered every `forward_wavefield_sampling_interval` steps."""
+    """Forward wavefield buffered every `forward_wavefield_sampling_interval` steps, exactly
+    or (with `lossy`) compressed."""
 
     forward_wavefield_sampling_interval: int = 1
     memory_per_rank_in_mb: float = DEFAULT_MEMORY_PER_RANK_MB
+    lossy: LossyCompression | None = None
 
 
 @dataclass(frozen=True)
@@ -345,7 +379,7 @@ def parse_job_spec(data: dict, base_dir: str | os.PathLike) -> JobSpec:
     domain = _domain(d["domain"], "domain")
     model = _model(d["model"], "model", base_dir)
     events = _events(d["events"], "events", domain)
-    simulation = _simulation(d["simulation_configuration"], "simulation_configuration")
+    simulation = _simulation(d["simulation_configuration"], "simulation_configuration", base_dir)
     misfit = _opt(d, "", "misfit_configuration", None, lambda v, p: _misfit(v, p, base_dir))
     compression = _opt(d, "", "wavefield_compression", Compression(), _compression)
     mappings = _opt(d, "", "mappings", (), _mappings)
@@ -449,7 +483,7 @@ def _receiver_set(data, path, domain, first_index) -> list[Receiver]:
         _fail(path, "must be a mapping", data)
     kind = _choice(data.get("type"), f"{path}.type", tuple(_RECEIVER_KEYS))
     d = _mapping(data, path, _RECEIVER_KEYS[kind], required=("type", "x", "y"))
-    fields = _opt(d, path, "fields", RECEIVER_FIELDS,
+    fields = _opt(d, path, "fields", ("phi",),
                   lambda v, p: _subset(v, p, RECEIVER_FIELDS))
     if kind == "Point2D":
         x = _inside(_number(d["x"], f"{path}.x"), f"{path}.x", "x", domain.x)
@@ -495,10 +529,11 @@ def _coordinates(value, path) -> tuple[list[float], bool]:
     return [_number(value, path)], False
 
 
-def _simulation(data, path) -> SimulationConfig:
+def _simulation(data, path, base_dir) -> SimulationConfig:
     d = _mapping(data, path, (
         "name", "elements_per_wavelength", "tensor_order", "max_frequency_in_hertz",
-        "end_time_in_seconds", "time_step_in_seconds", "wavelet", "absorbing_boundaries"),
+        "end_time_in_seconds", "time_step_in_seconds", "wavelet", "absorbing_boundaries",
+        "top_boundary"),
         required=("elements_per_wavelength", "tensor_order", "max_frequency_in_hertz",
                   "end_time_in_seconds", "wavelet"))
     end_time = _number(d["end_time_in_seconds"], f"{path}.end_time_in_seconds", positive=True)
@@ -516,14 +551,27 @@ def _simulation(data, path) -> SimulationConfig:
                                        f"{path}.max_frequency_in_hertz", positive=True),
         end_time_in_seconds=end_time,
         time_step_in_seconds=dt,
-        wavelet=_wavelet(d["wavelet"], f"{path}.wavelet"),
-        absorbing=_opt(d, path, "absorbing_boundaries", None, _absorbing))
+        wavelet=_wavelet(d["wavelet"], f"{path}.wavelet", base_dir),
+        absorbing=_opt(d, path, "absorbing_boundaries", None, _absorbing),
+        top_boundary=_opt(d, path, "top_boundary", "neumann",
+                          lambda v, p: _choice(v, p, ("neumann", "dirichlet"))))
 
 
-def _wavelet(data, path) -> Ricker:
+@dataclass(frozen=True)
+class CustomWavelet:
+    """``{type: Custom, file: PATH}``: a source time function sampled in an HDF5 file
+    (``/stf`` with attribute ``dt``), read when the job is planned."""
+
+    file: Path
+
+
+def _wavelet(data, path, base_dir) -> Ricker | CustomWavelet:
+    if isinstance(data, dict) and data.get("type") == "Custom":
+        d = _mapping(data, path, ("type", "file"), required=("type", "file"))
+        return CustomWavelet(_path(d["file"], f"{path}.file", base_dir, must_exist=True))
     d = _mapping(data, path, ("type", "center_frequency", "time_shift_in_seconds"),
                  required=("type", "center_frequency"))
-    _choice(d["type"], f"{path}.type", ("Ricker",))
+    _choice(d["type"], f"{path}.type", ("Ricker", "Custom"))
     return Ricker(_number(d["center_frequency"], f"{path}.center_frequency", positive=True),
                   _opt(d, path, "time_shift_in_seconds", None, _number))
 
@@ -538,8 +586,8 @@ def _absorbing(data, path) -> AbsorbingBoundaries:
 
 
 def _misfit(data, path, base_dir) -> MisfitConfig:
-    d = _mapping(data, path, ("name", "observed_data", "misfit_function", "receiver_field"),
-                 required=("misfit_function",))
+    d = _mapping(data, path, ("name", "observed_data", "misfit_function", "receiver_field",
+                              "estimate_wavelet"), required=("misfit_function",))
     misfit = MISFITS[_choice(d["misfit_function"], f"{path}.misfit_function", tuple(MISFITS))]
     observed = d.get("observed_data")
     if not misfit.needs_observed:
@@ -555,7 +603,19 @@ def _misfit(data, path, base_dir) -> MisfitConfig:
     return MisfitConfig(
         name=_opt(d, path, "name", "misfit", _name), observed_data=observed, misfit=misfit,
         receiver_field=_opt(d, path, "receiver_field", "phi",
-                            lambda v, p: _choice(v, p, RECEIVER_FIELDS)))
+                            lambda v, p: _choice(v, p, RECEIVER_FIELDS)),
+        estimate_wavelet=_opt(d, path, "estimate_wavelet", False, _estimate(misfit)))
+
+
+def _estimate(misfit):
+    def parse(value, path) -> bool:
+        if not isinstance(value, bool):
+            _fail(path, "must be true or false", value)
+        if value and not misfit.needs_observed:
+            _fail(path, "estimating the wavelet needs observed data (L2 or "
+                        "cross_correlation_time_shift)", value)
+        return value
+    return parse
 
 
 def _observed(value, path, base_dir) -> Path:
@@ -564,9 +624,6 @@ def _observed(value, path, base_dir) -> Path:
     if EVENT_PLACEHOLDER in str(value):
         if str(value).count(EVENT_PLACEHOLDER) != 1 or EVENT_PLACEHOLDER in str(resolved.parent):
             _fail(path, f"a pattern must hold {EVENT_PLACEHOLDER} once, in the file name", value)
-        if resolved.suffix.lower() in (".sgy", ".segy", ".su"):
-            _fail(path, "SEG-Y observed data is not supported yet; convert it to an fwimpi "
-                        "receivers file", value)
         if not resolved.parent.is_dir():
             _fail(path, f"no folder {resolved.parent}", value)
         return resolved
@@ -581,15 +638,36 @@ def _observed(value, path, base_dir) -> Path:
 
 
 def _compression(data, path) -> Compression:
-    d = _mapping(data, path, ("forward_wavefield_sampling_interval", "memory_per_rank_in_mb"))
+    d = _mapping(data, path, ("forward_wavefield_sampling_interval", "memory_per_rank_in_mb",
+                              "lossy"))
     return Compression(
         _opt(d, path, "forward_wavefield_sampling_interval", 1,
              lambda v, p: _number(v, p, integer=True, lo=1, hi=1_000_000)),
         _opt(d, path, "memory_per_rank_in_mb", DEFAULT_MEMORY_PER_RANK_MB,
-             lambda v, p: _number(v, p, positive=True, hi=MAX_MEMORY_PER_RANK_MB)))
+             lambda v, p: _number(v, p, positive=True, hi=MAX_MEMORY_PER_RANK_MB)),
+        _opt(d, path, "lossy", None, _lossy))
+
+
+def _lossy(data, path) -> LossyCompression:
+    """``{codec: zfp, tolerance: T}``, 0 < T < 1; the codec must be importable here."""
+    d = _mapping(data, path, ("codec", "tolerance"), required=("codec", "tolerance"))
+    codec = _choice(d["codec"], f"{path}.codec", ("zfp",))
+    tolerance = _number(d["tolerance"], f"{path}.tolerance")
+    if not 0.0 < tolerance < 1.0:
+        _fail(f"{path}.tolerance", "must be a number > 0 and < 1 (relative to the "
+                                   "wavefield's peak)", d["tolerance"])
+    try:
+        import zfpy  # noqa: F401  (Debian: python3-zfpy)
+    except ImportError as err:
+        raise ConfigError(f"{path}.codec: zfp needs the zfpy module (Debian package "
+                          f"python3-zfpy, installed by scripts/setup.sh), which cannot be "
+                          f"imported here: {' '.join(str(err).split())}") from None
+    return LossyCompression(codec, tolerance)
 
 
 def _mappings(data, path) -> tuple[Mapping, ...]:
+    if isinstance(data, list) and not data:
+        return ()  # no mappings (as a resolved spec without any writes them)
     mappings = []
     for i, item in enumerate(_list(data, path)):
         mapping = _mapping_config(item, f"{path}[{i}]")
@@ -741,21 +819,27 @@ def _resolved(*, name, ranks_per_job, site, concurrent_events, retries, domain, 
             "tensor_order": sim.tensor_order, "max_frequency_in_hertz": sim.max_frequency_in_hertz,
             "end_time_in_seconds": sim.end_time_in_seconds,
             "time_step_in_seconds": sim.time_step_in_seconds,
-            "wavelet": {"type": "Ricker", "center_frequency": sim.wavelet.center_frequency,
-                        "time_shift_in_seconds": sim.wavelet.time_shift_in_seconds},
+            "wavelet": ({"type": "Custom", "file": str(sim.wavelet.file)}
+                        if isinstance(sim.wavelet, CustomWavelet) else
+                        {"type": "Ricker", "center_frequency": sim.wavelet.center_frequency,
+                         "time_shift_in_seconds": sim.wavelet.time_shift_in_seconds}),
             "absorbing_boundaries": None if absorbing is None else {
                 "reference_velocity": absorbing.reference_velocity,
                 "number_of_wavelengths": absorbing.number_of_wavelengths,
                 "reference_frequency": absorbing.reference_frequency},
+            "top_boundary": sim.top_boundary,
         },
         "misfit_configuration": None if misfit is None else {
             "name": misfit.name,
             "observed_data": None if misfit.observed_data is None else str(misfit.observed_data),
-            "misfit_function": misfit.misfit_function, "receiver_field": misfit.receiver_field},
+            "misfit_function": misfit.misfit_function, "receiver_field": misfit.receiver_field,
+            "estimate_wavelet": misfit.estimate_wavelet},
         "wavefield_compression": {
             "forward_wavefield_sampling_interval":
                 compression.forward_wavefield_sampling_interval,
-            "memory_per_rank_in_mb": compression.memory_per_rank_in_mb},
+            "memory_per_rank_in_mb": compression.memory_per_rank_in_mb,
+            "lossy": None if compression.lossy is None else {
+                "codec": compression.lossy.codec, "tolerance": compression.lossy.tolerance}},
         "mappings": [{
             "name": m.name, "inversion_parameters": list(m.inversion_parameters),
             "scaling": m.scaling,

@@ -61,8 +61,9 @@ def product_hashes(spec: JobSpec, gradients: bool) -> dict[str, str]:
     (the sum over events), ``mapping/<name>``, ``smoothed/<name>``. The rank count is left out: products agree
     to 1e-12 whatever it is."""
     r = spec.resolved
+    wavelet = getattr(spec.simulation.wavelet, "file", None)  # a Custom wavelet's file
     model = _hash(__version__, r["domain"], r["model"], _content(spec.model.file),
-                  r["simulation_configuration"])
+                  r["simulation_configuration"], _content(wavelet))
     out = {"model": model}
     misfit = r.get("misfit_configuration")
     compression = r.get("wavefield_compression") if gradients else None

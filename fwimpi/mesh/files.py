@@ -497,3 +497,55 @@ def _read_event(f: h5py.File, name: str) -> ReceiverData:
         start_time=float(g.attrs["start_time"]),
         stations=tuple(stations.asstr()[()]),
     )
+
+
+# --------------------------------------------------------------------------- wavelet files
+
+WAVELET_FORMAT = "fwimpi-wavelet-1"
+#: The most samples a wavelet file may hold.
+MAX_WAVELET_SAMPLES = 10_000_000
+
+
+def write_wavelet_h5(path: str | os.PathLike, samples: np.ndarray, dt: float,
+                     start_time: float = 0.0, attrs: Mapping | None = None) -> None:
+    """A source time function: ``/stf (n,)`` with attributes ``dt`` (s) and ``start_time``
+    (s), atomically."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim != 1 or not len(samples) or not np.isfinite(samples).all():
+        raise FileFormatError(f"stf: expected finite samples (n,), got shape {samples.shape}")
+    if not (math.isfinite(dt) and dt > 0 and math.isfinite(start_time)):
+        raise FileFormatError(f"dt, start_time: expected dt > 0, finite, got {dt}, {start_time}")
+    root = encode_attrs(attrs or {}, ("format",)) | {"format": WAVELET_FORMAT}
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(root)
+            d = f.create_dataset("stf", data=samples)
+            d.attrs["dt"], d.attrs["start_time"] = float(dt), float(start_time)
+
+
+def read_wavelet_h5(path: str | os.PathLike) -> tuple[np.ndarray, float, float]:
+    """``(samples (n,), dt, start_time)`` of a wavelet file: an HDF5 file with ``/stf`` and
+    its attribute ``dt`` (and optionally ``start_time``, default 0). Raises FileFormatError
+    naming what is wrong; the dataset's size is checked before it is read."""
+    with h5py.File(path, "r") as f:
+        d = f.get("stf")
+        if not isinstance(d, h5py.Dataset):
+            raise FileFormatError(f"{path}: no dataset /stf")
+        if d.ndim != 1 or not 1 <= d.shape[0] <= MAX_WAVELET_SAMPLES or d.dtype.kind not in "fiu":
+            raise FileFormatError(f"{path}: /stf must be 1 to {MAX_WAVELET_SAMPLES:,} numbers "
+                                  f"(n,), got {d.shape} of {d.dtype}")
+        if "dt" not in d.attrs:
+            raise FileFormatError(f"{path}: /stf has no attribute dt (seconds)")
+        try:
+            dt = float(d.attrs["dt"])
+            start = float(d.attrs.get("start_time", 0.0))
+        except (TypeError, ValueError):
+            raise FileFormatError(f"{path}: /stf attributes dt and start_time must be numbers"
+                                  ) from None
+        samples = d[...].astype(np.float64)
+    if not (math.isfinite(dt) and dt > 0 and math.isfinite(start)):
+        raise FileFormatError(f"{path}: /stf needs dt > 0 and a finite start_time, got "
+                              f"{dt}, {start}")
+    if not np.isfinite(samples).all():
+        raise FileFormatError(f"{path}: /stf has non-finite samples")
+    return samples, dt, start

@@ -13,7 +13,6 @@ from typing import Callable
 
 import h5py
 import numpy as np
-import scipy.io
 
 from fwimpi.errors import ConfigError
 
@@ -116,6 +115,8 @@ def read_gridded_model(path: str | os.PathLike, field: str = "model.file") -> Gr
             with h5py.File(path, "r") as f:
                 return _assemble(_hdf5_variables(f), path, field)
         if head[:4] in NETCDF3_SIGNATURES:
+            import scipy.io  # only for NetCDF3 files
+
             with scipy.io.netcdf_file(path, "r", mmap=False) as f:
                 return _assemble(_netcdf3_variables(f), path, field)
     except ConfigError:

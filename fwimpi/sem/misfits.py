@@ -132,3 +132,29 @@ class FilteredMisfit:
         filtered = None if observed is None else self.filter(observed)
         j, adjoint = self.misfit.evaluate(self.filter(traces), filtered, dt)
         return j, self.filter(adjoint)
+
+
+@dataclass(frozen=True)
+class PressureMisfit:
+    """A misfit of pressure traces ``p = D phi`` (``signals.pressure_operator``: ``p =
+    -d2phi/dt2``) against observed pressure; the adjoint source is ``D^T dJ/dp``, exactly.
+    What a hydrophone records."""
+
+    misfit: Misfit
+
+    @property
+    def name(self) -> str:
+        return self.misfit.name
+
+    @property
+    def needs_observed(self) -> bool:
+        return self.misfit.needs_observed
+
+    def evaluate(self, traces: np.ndarray, observed: np.ndarray | None,
+                 dt: float) -> tuple[float, np.ndarray]:
+        """``(J(D phi, d), D^T dJ/dp)`` for potential traces ``(R, S)``."""
+        from .signals import pressure_operator
+
+        d = pressure_operator(traces.shape[-1], dt)
+        j, adjoint = self.misfit.evaluate(np.asarray(traces @ d.T), observed, dt)
+        return j, np.asarray(adjoint @ d)

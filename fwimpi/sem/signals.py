@@ -93,6 +93,9 @@ def resample(traces: np.ndarray, dt: float, start_time: float, new_dt: float,
         traces = ZeroPhaseLowpass(BAND_FRACTION * 0.5 / new_dt, dt)(traces)
     times = new_start_time + new_dt * np.arange(n_samples)
     position = (times - start_time) / dt  # fractional sample index of each target time
+    last = traces.shape[-1] - 1
+    edge = (position >= -1.0) & (position <= last + 1.0)  # within a sample of the record:
+    position = np.where(edge, np.clip(position, 0.0, last), position)  # its end value
     base = np.floor(position).astype(np.int64)
     half = SINC_HALF_WIDTH
     offsets = np.arange(-half + 1, half + 1)
@@ -109,3 +112,25 @@ def resample(traces: np.ndarray, dt: float, start_time: float, new_dt: float,
     span = (position >= 0) & (position <= traces.shape[-1] - 1)
     out[:, ~span] = 0.0
     return out
+
+
+def pressure_operator(n_samples: int, dt: float):
+    """The sparse ``D (S, S)`` with ``p = D phi`` along time: ``p = -d2phi/dt2`` by the
+    leapfrog's own central difference, ``p[n] = -(phi[n+1] - 2 phi[n] + phi[n-1]) / dt^2``
+    (``phi[-1] = 0``: the field starts at rest), and ``p[S-1] = p[S-2]`` (no ``phi[S]``).
+    Traces ``(R, S)``: ``p = phi @ D.T``; the adjoint is ``q @ D``, its exact transpose.
+
+    In fwimpi's formulation ``m0 phi_tt - div(m1 grad phi) = f`` with ``m0 = 1/(rho vp^2)``,
+    ``m1 = 1/rho``, the displacement is ``u = grad(phi) / rho`` and the pressure
+    ``p = -rho vp^2 div u = -phi_tt`` away from the sources: ``phi`` in Pa s^2, ``p`` in Pa.
+    """
+    import scipy.sparse
+
+    s = int(n_samples)
+    main = np.full(s, -2.0)  # the second difference; times -1/dt^2 below
+    upper = np.full(s - 1, 1.0)
+    lower = np.full(s - 1, 1.0)
+    d = scipy.sparse.diags([lower, main, upper], [-1, 0, 1], shape=(s, s), format="lil")
+    if s >= 2:
+        d[s - 1, :] = d[s - 2, :]
+    return (d.tocsr() * (-1.0 / dt**2)).tocsr()
