@@ -134,6 +134,10 @@ def test_export_never_overwrites_and_names_what_is_wrong(true_run, tmp_path, cap
     root, receivers = true_run
     assert main(["export", str(receivers), "-o", str(root / "{event}.sgy")]) == 2
     assert "ev1.sgy exists" in capsys.readouterr().err
+    model = root / "true/out/model.h5"
+    assert main(["export", str(model), "-o", str(tmp_path / "m.vtu")]) == 0
+    assert main(["export", str(model), "-o", str(tmp_path / "m.vtu")]) == 2  # VTU too
+    assert "m.vtu exists" in capsys.readouterr().err
     assert main(["export", str(receivers), "-o", str(tmp_path / "x.sgy"), "--field", "p"]) == 2
     assert "--field: event 'ev1'" in capsys.readouterr().err
     assert main(["export", str(receivers), "-o", str(tmp_path / "x.sgy"), "--dt", "1e-7"]) == 2
