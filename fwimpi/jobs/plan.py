@@ -437,7 +437,7 @@ def read_observed(spec: JobSpec, axis: TimeAxis) -> dict[str, np.ndarray]:
                                       f"data/{EVENT_PLACEHOLDER}.sgy")
                 segy = read_segy(path, misfit.receiver_field)
                 rec = segy.data
-                tolerance = max(POSITION_TOLERANCE, 0.5 * segy.resolution * (1 + 1e-9))
+                tolerance = segy_tolerance(segy.resolution)
                 check_segy_source(event, segy.sources, tolerance, f"{where}: {path}")
             else:
                 data = read_receivers_h5(path)
@@ -481,6 +481,12 @@ def _on_axis(traces: np.ndarray, dt: float, start_time: float, axis: TimeAxis,
         return resample(traces, dt, start_time, axis.dt, axis.start_time, n)
     except ValueError as err:
         raise ConfigError(f"{where}: {err}") from None
+
+
+def segy_tolerance(resolution: float) -> float:
+    """Distance (m) within which a SEG-Y trace matches a receiver: ``POSITION_TOLERANCE``,
+    or half the file's coordinate step (``resolution``, m) when that is coarser."""
+    return max(POSITION_TOLERANCE, 0.5 * resolution * (1 + 1e-9))
 
 
 def check_segy_source(event: Event, sources: np.ndarray, tolerance: float, where: str) -> None:

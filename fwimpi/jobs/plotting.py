@@ -175,12 +175,17 @@ def _observed_like(path: Path, event: str, field: str, rec, times: np.ndarray) -
     ``times`` (resampled when sampled otherwise)."""
     from ..sem.acquisition import Event, PointSource, Receiver
     from ..sem.signals import resample
-    from .plan import match_receivers
+    from .plan import POSITION_TOLERANCE, match_receivers, segy_tolerance
 
     from ..mesh.segy import is_segy, read_segy
 
+    tolerance = POSITION_TOLERANCE  # as observed data (``plan.read_observed``)
     try:
-        data = {event: read_segy(path, field).data} if is_segy(path) else read_receivers_h5(path)
+        if is_segy(path):
+            segy = read_segy(path, field)
+            data, tolerance = {event: segy.data}, segy_tolerance(segy.resolution)
+        else:
+            data = read_receivers_h5(path)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ConfigError(f"--observed: cannot read {path}: {' '.join(str(err).split())}"
                           ) from None
@@ -189,8 +194,7 @@ def _observed_like(path: Path, event: str, field: str, rec, times: np.ndarray) -
         raise ConfigError(f"--observed: no '{field}' traces of event '{event}' in {path}")
     receivers = tuple(Receiver(tuple(c), s) for c, s in zip(rec.coordinates, rec.stations))
     probe = Event(event, (PointSource(tuple(rec.coordinates[0]), 1.0),), receivers)
-    rows = match_receivers(probe, other, f"--observed: event '{event}'", 0.5e-3 if not
-                           is_segy(path) else 0.5 * read_segy(path, field).resolution + 1e-9)
+    rows = match_receivers(probe, other, f"--observed: event '{event}'", tolerance)
     traces = other.traces[field][rows]
     if traces.shape[1] == len(times) and np.isclose(other.dt, rec.dt, rtol=1e-9):
         return traces

@@ -50,16 +50,20 @@ class SegyTraces:
     resolution: float
 
 
-def _scale(values: np.ndarray, scalars: np.ndarray) -> np.ndarray:
+def _factors(scalars: np.ndarray) -> np.ndarray:
+    """SEG-Y rev 1 scalars as factors: a positive one multiplies, a negative one divides,
+    0 means 1."""
     s = scalars.astype(np.float64)
-    factor = np.where(s > 0, s, np.where(s < 0, 1.0 / np.abs(np.where(s == 0, 1, s)), 1.0))
-    return values.astype(np.float64) * factor
+    return np.where(s > 0, s, np.where(s < 0, 1.0 / np.abs(np.where(s == 0, 1, s)), 1.0))
+
+
+def _scale(values: np.ndarray, scalars: np.ndarray) -> np.ndarray:
+    return values.astype(np.float64) * _factors(scalars)
 
 
 def _resolution(scalars: np.ndarray) -> float:
-    s = scalars.astype(np.float64)
-    steps = np.where(s > 0, s, np.where(s < 0, 1.0 / np.abs(np.where(s == 0, 1, s)), 1.0))
-    return float(steps.max()) if steps.size else 1.0
+    """The coarsest step (m) of coordinates stored with ``scalars``."""
+    return float(_factors(scalars).max()) if scalars.size else 1.0
 
 
 def _segyio():
