@@ -7,6 +7,7 @@ fraction of the maximum amplitude and cropped to the physical domain (as the tut
 ``visualize_gradient``: the maximum is taken inside the domain).
 """
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,9 @@ def plot_field(path: Path, out: Path, field: str | None = None, clip: float | No
     ax.set_ylabel("y (m)")
     title = f"{path.name}: {kind or 'field'} {name}" + (f", clipped at {clip:g}" if clip else "")
     settings = _settings(mesh.attrs)
-    ax.set_title(title + (f"\n{settings}" if settings else ""), fontsize=9)
+    if settings:
+        title += "\n" + textwrap.fill(settings, 90, break_long_words=False)
+    ax.set_title(title, fontsize=9)
     if _markers(ax, mesh.attrs):
         ax.legend(loc="lower right", fontsize=7, framealpha=0.8)
     if box is not None:
@@ -141,7 +144,7 @@ def _settings(attrs: dict) -> str:
     if isinstance(lengths, dict):
         parts.append("smoothed " + ", ".join(f"{k} {v} m" for k, v in lengths.items()))
     line = "; ".join(parts)
-    return line if len(line) <= 160 else line[:157] + "..."
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def _quads(mesh) -> np.ndarray:
