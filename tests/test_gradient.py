@@ -1,6 +1,8 @@
 """Taylor tests of the adjoint gradient (VP and RHO; with and without checkpointing) and
 wavefield compression (sampling interval; lossy ZFP)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -275,3 +277,23 @@ def test_taylor_at_the_absorbing_edges(parameter):
     # damping layer's rule) give -1.10e-4 instead of -2.22e-4 for VP (RHO is unaffected).
     assert rel < {"vp": 1e-6, "rho": 2e-7}[parameter]
     assert 1.99 < slope < 2.01
+
+
+def test_the_wavefield_buffer_is_resident_before_the_time_loop():
+    """``prefaulted`` memory is in RAM when it is returned (no first-touch page faults in
+    the loop that fills it), writable, and reused by the next event's buffer."""
+    from fwimpi.inversion.gradient import WavefieldBuffer, prefaulted
+
+    def resident_bytes():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before = resident_bytes()
+    values = prefaulted(4_000_000)  # 32 MB
+    assert resident_bytes() - before > 0.9 * values.nbytes
+    values[:] = 1.0
+    assert values.sum() == 4_000_000
+    buffer = WavefieldBuffer()
+    a = buffer.rows((10, 1000))
+    b = buffer.rows((5, 1000))  # smaller: the same memory
+    assert np.shares_memory(a, b) and a.shape == (10, 1000) and b.shape == (5, 1000)
