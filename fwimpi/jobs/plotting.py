@@ -35,6 +35,23 @@ def _domain(attrs: dict) -> tuple[float, float, float, float] | None:
     return x0, x1, y0, y1
 
 
+def _cropped(points: np.ndarray, cells: np.ndarray, order: int, box) -> tuple:
+    """``(inside (P,), triangles (T, 3))``: the points within ``box = (x0, x1, y0, y1)``
+    (all when None) and the triangles of the linear sub-quads that touch them (the axes'
+    limits crop what lies outside)."""
+    from ..mesh.files import quads_from_cells
+
+    inside = np.ones(len(points), dtype=bool)
+    if box is not None:
+        x0, x1, y0, y1 = box
+        tol = 1e-9 * max(x1 - x0, y1 - y0)
+        inside = ((points[:, 0] >= x0 - tol) & (points[:, 0] <= x1 + tol)
+                  & (points[:, 1] >= y0 - tol) & (points[:, 1] <= y1 + tol))
+    quads = quads_from_cells(cells, order)
+    keep = inside[quads].any(axis=1)
+    return inside, np.concatenate((quads[keep][:, [0, 1, 2]], quads[keep][:, [0, 2, 3]]))
+
+
 def plot_field(path: Path, out: Path, field: str | None = None, clip: float | None = None,
                crop: bool = True) -> Path:
     """Plot ``field`` (default: the first) of an fwimpi mesh file into the PNG ``out``."""
@@ -55,15 +72,7 @@ def plot_field(path: Path, out: Path, field: str | None = None, clip: float | No
         values = mesh.fields[name] / mesh.mass if gradient else mesh.fields[name].copy()
     box = _domain(mesh.attrs) if crop else None
     points = mesh.points
-    inside = np.ones(len(points), dtype=bool)
-    if box is not None:
-        x0, x1, y0, y1 = box
-        tol = 1e-9 * max(x1 - x0, y1 - y0)
-        inside = ((points[:, 0] >= x0 - tol) & (points[:, 0] <= x1 + tol)
-                  & (points[:, 1] >= y0 - tol) & (points[:, 1] <= y1 + tol))
-    quads = _quads(mesh)
-    keep = inside[quads].any(axis=1)  # the axes' limits crop what lies outside
-    triangles = np.concatenate((quads[keep][:, [0, 1, 2]], quads[keep][:, [0, 2, 3]]))
+    inside, triangles = _cropped(points, mesh.cells, mesh.order, box)
     if gradient:
         vmax = float(np.abs(values[inside]).max()) or 1.0
         if clip is not None:
@@ -145,12 +154,6 @@ def _settings(attrs: dict) -> str:
         parts.append("smoothed " + ", ".join(f"{k} {v} m" for k, v in lengths.items()))
     line = "; ".join(parts)
     return line if len(line) <= 300 else line[:297] + "..."
-
-
-def _quads(mesh) -> np.ndarray:
-    from ..mesh.files import quads_from_cells
-
-    return quads_from_cells(mesh.cells, mesh.order)
 
 
 def plot_traces(path: Path, out: Path, event: str | None = None, field: str = "phi",
@@ -303,15 +306,8 @@ def plot_model_pair(points: np.ndarray, cells: np.ndarray, order: int, start: np
                     current: np.ndarray, name: str, box, out: Path, title: str = "") -> Path:
     """The starting and the current model (``(P,)`` each) side by side, one colour scale,
     cropped to ``box = (x0, x1, y0, y1)``."""
-    from ..mesh.files import quads_from_cells
-
-    quads = quads_from_cells(cells, order)
     x0, x1, y0, y1 = box
-    tol = 1e-9 * max(x1 - x0, y1 - y0)
-    inside = ((points[:, 0] >= x0 - tol) & (points[:, 0] <= x1 + tol)
-              & (points[:, 1] >= y0 - tol) & (points[:, 1] <= y1 + tol))
-    keep = inside[quads].any(axis=1)  # the axes' limits crop what lies outside
-    triangles = np.concatenate((quads[keep][:, [0, 1, 2]], quads[keep][:, [0, 2, 3]]))
+    inside, triangles = _cropped(points, cells, order, box)
     lo = float(min(start[inside].min(), current[inside].min()))
     hi = float(max(start[inside].max(), current[inside].max()))
     change = current - start
@@ -361,21 +357,11 @@ def plot_compression_study(panels: list[tuple[str, Path]], field: str, out: Path
     """One figure of the gradients of a compression study side by side: each ``(label,
     mesh file)`` as its kernel ``field / mass``, cropped to the domain, on the colour scale
     of the first (the reference), with the sources and receivers marked."""
-    from ..mesh.files import quads_from_cells
-
     meshes = [read_mesh_h5(path) for _, path in panels]
     first = meshes[0]
     box = _domain(first.attrs)
     points = first.points
-    inside = np.ones(len(points), dtype=bool)
-    if box is not None:
-        x0, x1, y0, y1 = box
-        tol = 1e-9 * max(x1 - x0, y1 - y0)
-        inside = ((points[:, 0] >= x0 - tol) & (points[:, 0] <= x1 + tol)
-                  & (points[:, 1] >= y0 - tol) & (points[:, 1] <= y1 + tol))
-    quads = quads_from_cells(first.cells, first.order)
-    keep = inside[quads].any(axis=1)
-    triangles = np.concatenate((quads[keep][:, [0, 1, 2]], quads[keep][:, [0, 2, 3]]))
+    inside, triangles = _cropped(points, first.cells, first.order, box)
     kernels = [m.fields[field] / m.mass for m in meshes]
     vmax = float(np.abs(kernels[0][inside]).max()) or 1.0
     plt = _pyplot()

@@ -109,14 +109,8 @@ MISFITS = MappingProxyType({m.name: m for m in (
 )})
 
 
-@dataclass(frozen=True)
-class FilteredMisfit:
-    """A misfit of filtered traces: ``J(F u, F d)`` with ``F`` a symmetric linear filter
-    (``signals.ZeroPhaseLowpass``), whose adjoint source is ``F dJ/d(F u)`` exactly. Used for
-    frequency continuation: the gradient stays the derivative of what is printed."""
-
-    misfit: Misfit
-    filter: Callable[[np.ndarray], np.ndarray]
+class WrappedMisfit:
+    """The name and data needs of the misfit ``self.misfit`` that a wrapper transforms."""
 
     @property
     def name(self) -> str:
@@ -125,6 +119,16 @@ class FilteredMisfit:
     @property
     def needs_observed(self) -> bool:
         return self.misfit.needs_observed
+
+
+@dataclass(frozen=True)
+class FilteredMisfit(WrappedMisfit):
+    """A misfit of filtered traces: ``J(F u, F d)`` with ``F`` a symmetric linear filter
+    (``signals.ZeroPhaseLowpass``), whose adjoint source is ``F dJ/d(F u)`` exactly. Used for
+    frequency continuation: the gradient stays the derivative of what is printed."""
+
+    misfit: Misfit
+    filter: Callable[[np.ndarray], np.ndarray]
 
     def evaluate(self, traces: np.ndarray, observed: np.ndarray | None,
                  dt: float) -> tuple[float, np.ndarray]:
@@ -135,20 +139,12 @@ class FilteredMisfit:
 
 
 @dataclass(frozen=True)
-class PressureMisfit:
+class PressureMisfit(WrappedMisfit):
     """A misfit of pressure traces ``p = D phi`` (``signals.pressure_operator``: ``p =
     -d2phi/dt2``) against observed pressure; the adjoint source is ``D^T dJ/dp``, exactly.
     What a hydrophone records."""
 
     misfit: Misfit
-
-    @property
-    def name(self) -> str:
-        return self.misfit.name
-
-    @property
-    def needs_observed(self) -> bool:
-        return self.misfit.needs_observed
 
     def evaluate(self, traces: np.ndarray, observed: np.ndarray | None,
                  dt: float) -> tuple[float, np.ndarray]:
