@@ -26,6 +26,11 @@ class Box:
     y0: float
     y1: float
 
+    @property
+    def bounds(self) -> tuple[tuple[float, float], ...]:
+        """``((x0, x1), (y0, y1))``."""
+        return (self.x0, self.x1), (self.y0, self.y1)
+
     def clamp(self, points: np.ndarray) -> np.ndarray:
         """Nearest points of the box to ``points (P, 2)``."""
         return np.column_stack(
@@ -43,6 +48,23 @@ class StructuredMesh:
     order: int
     nex: int
     ney: int
+
+    dim = 2
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Elements along x and y."""
+        return self.nex, self.ney
+
+    @property
+    def sizes(self) -> tuple[float, float]:
+        """Element sizes (m) along x and y."""
+        return self.hx, self.hy
+
+    @property
+    def point_shape(self) -> tuple[int, int]:
+        """Global GLL points along x and y."""
+        return self.npx, self.npy
 
     @property
     def n_elements(self) -> int:
@@ -215,26 +237,29 @@ class MeshTooLarge(ValueError):
         self.n_points, self.limit = n_points, limit
 
 
-def mesh_for_model(domain: Box, margin: float, order: int, elements_per_wavelength: float,
-                   max_frequency: float, velocity,
-                   max_points: int | None = None) -> tuple[StructuredMesh, float]:
-    """The mesh of ``domain`` plus ``margin`` (m) whose elements resolve the slowest wave:
-    element size ``v_min / (max_frequency * elements_per_wavelength)``.
+def mesh_for_model(domain, margin: float, order: int, elements_per_wavelength: float,
+                   max_frequency: float, velocity, max_points: int | None = None):
+    """The mesh of ``domain`` (a ``Box``, or a ``Box3`` for 3D) plus ``margin`` (m) whose
+    elements resolve the slowest wave: element size ``v_min / (max_frequency *
+    elements_per_wavelength)``.
 
-    ``velocity(points (Q, 2)) -> (Q,)`` gives the wave speed (m/s). ``v_min`` is first sampled
-    on a 257 x 257 grid of the domain, then on the mesh's GLL points; the mesh is refined
-    (at most three times) while the GLL points find a lower speed. Returns the mesh and the
-    ``v_min`` it was sized with. A model changed later (an inversion's iterates) keeps this
-    mesh: size it from the starting model. Raises MeshTooLarge before making the points of a
-    mesh of more than ``max_points`` points.
+    ``velocity(points (Q, dim)) -> (Q,)`` gives the wave speed (m/s). ``v_min`` is first
+    sampled on a grid of the domain (257 points per axis in 2D, 65 in 3D), then on the mesh's
+    GLL points; the mesh is refined (at most three times) while the GLL points find a lower
+    speed. Returns the mesh and the ``v_min`` it was sized with. A model changed later (an
+    inversion's iterates) keeps this mesh: size it from the starting model. Raises
+    MeshTooLarge before making the points of a mesh of more than ``max_points`` points.
     """
-    x = np.linspace(domain.x0, domain.x1, 257)
-    y = np.linspace(domain.y0, domain.y1, 257)
-    xx, yy = np.meshgrid(x, y)
-    vmin = float(np.min(velocity(np.column_stack((xx.ravel(), yy.ravel())))))
+    from .structured3d import Box3, build_mesh3d
+
+    three = isinstance(domain, Box3)
+    build = build_mesh3d if three else build_mesh
+    axes = [np.linspace(lo, hi, 65 if three else 257) for lo, hi in domain.bounds]
+    grid = np.meshgrid(*axes, indexing="ij")
+    vmin = float(np.min(velocity(np.column_stack([g.ravel() for g in grid]))))
     for _ in range(3):
         h = vmin / (max_frequency * elements_per_wavelength)
-        mesh = build_mesh(domain, margin, h, order)
+        mesh = build(domain, margin, h, order)
         if max_points is not None and mesh.n_points > max_points:
             raise MeshTooLarge(mesh.n_points, max_points)
         vmin_mesh = float(np.min(velocity(mesh.points)))
@@ -242,3 +267,15 @@ def mesh_for_model(domain: Box, margin: float, order: int, elements_per_waveleng
             break
         vmin = vmin_mesh
     return mesh, vmin
+
+
+def mesh_from_description(d: dict):
+    """A 2D or 3D structured mesh from its ``description()`` (3D ones carry
+    ``"dimension": 3``). Raises ValueError on a malformed one."""
+    from .structured3d import StructuredMesh3D
+
+    if not isinstance(d, dict):
+        raise ValueError("not a mesh description")
+    if d.get("dimension", 2) == 3:
+        return StructuredMesh3D.from_description(d)
+    return StructuredMesh.from_description(d)

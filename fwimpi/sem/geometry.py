@@ -106,3 +106,39 @@ def point_weights(order: int, ref: np.ndarray) -> np.ndarray:
     lx = lagrange_basis(nodes, ref[:, 0])
     ly = lagrange_basis(nodes, ref[:, 1])
     return (ly[:, :, None] * lx[:, None, :]).reshape(len(ref), (order + 1) ** 2)
+
+
+def box_geometry(sizes, order: int, diffusivity: np.ndarray | None = None) -> ElementGeometry:
+    """Geometry of one axis-aligned box element ``[0, h_0] x ... x [0, h_{d-1}]``
+    (``sizes = (h_0, ..)`` in m, 2 or 3 of them) at GLL order ``order``: ``coords (d, 1, n,
+    .., n)`` ordered ``[e, .., j, i]`` (the last index runs along x), ``jw`` the tensor GLL
+    weight times ``prod(h) / 2^d`` and the diagonal metric ``jw (2 / h_a)^2`` (times the
+    diagonal of ``diffusivity (d, d)`` when given; only diagonal diffusivities keep the
+    metric diagonal, others raise ValueError).
+
+    >>> g = box_geometry((2.0, 1.0, 3.0), 2)
+    >>> g.coords.shape, round(float(g.jw.sum()), 12)
+    ((3, 1, 3, 3, 3), 6.0)
+    """
+    h = np.asarray(sizes, dtype=float)
+    dim = len(h)
+    if dim not in (2, 3) or np.any(h <= 0):
+        raise ValueError(f"box_geometry: 2 or 3 positive sizes, got {sizes}")
+    xi, w = gll_points_weights(order)
+    n = len(xi)
+    shape = (1,) + (n,) * dim
+    # axis a (x, y, z) runs along array axis dim - a of (e, [k,] j, i)
+    grids = np.meshgrid(*([xi] * dim), indexing="ij")  # grids[k] varies along axis k
+    coords = np.stack([(h[a] * (grids[dim - 1 - a] + 1.0) / 2.0).reshape(shape)
+                       for a in range(dim)])
+    weight = w
+    for _ in range(dim - 1):
+        weight = np.multiply.outer(w, weight)
+    jw = (weight * np.prod(h) / 2.0**dim).reshape(shape)
+    d = np.eye(dim) if diffusivity is None else np.asarray(diffusivity, float)
+    if np.any(d != np.diag(np.diag(d))):
+        raise ValueError("box_geometry: the diffusivity must be diagonal")
+    metric = np.zeros((dim, dim) + shape)
+    for a in range(dim):
+        metric[a, a] = jw * (2.0 / h[a]) ** 2 * d[a, a]
+    return ElementGeometry(order, coords, jw, metric)
