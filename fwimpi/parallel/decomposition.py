@@ -1,13 +1,15 @@
 """Domain decomposition of a structured mesh over ``nparts`` ranks (no MPI calls here).
 
-Elements are split by recursive coordinate bisection of the element grid: a region for k
-ranks is cut across its longer side into parts for ``k // 2`` and ``k - k // 2`` ranks,
-in proportion, so any rank count (primes included) gets compact, balanced rectangles of
-elements with short interfaces.
+Elements are split by recursive coordinate bisection of the element grid (2 or 3 axes): a
+block for k ranks is cut across its longest side (in metres) into parts for ``k // 2`` and
+``k - k // 2`` ranks, in proportion, so any rank count (primes included) gets compact,
+balanced boxes of elements with small interfaces.
 
 Each global GLL point is owned by the lowest rank among those whose elements touch it. The
 PETSc numbering puts rank r's owned points in one contiguous range, in natural order
 within the range; files stay in the natural (mesh) order whatever the decomposition.
+Everything here is generic over ``mesh.dim`` (2D ``StructuredMesh``, 3D ``StructuredMesh3D``):
+elements are numbered ``e = ex + nex * ey`` in 2D and ``e = ex + nex * (ey + ney * ez)`` in 3D.
 """
 
 from dataclasses import dataclass
@@ -15,59 +17,101 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..mesh.structured import StructuredMesh
 
 
-def partition_elements(nex: int, ney: int, hx: float, hy: float, nparts: int) -> np.ndarray:
-    """Rank of each element ``(nex * ney,)`` of an ``nex x ney`` grid (``e = ex + nex*ey``).
+def partition_grid(shape, sizes, nparts: int) -> np.ndarray:
+    """Rank of each element ``(prod(shape),)`` of an element grid ``shape = (nex, ney[, nez])``
+    with element sizes ``sizes = (hx, hy[, hz])`` (m), elements numbered x fastest.
 
-    Raises ConfigError (field ``ranks_per_job``) if a part would get no element.
+    A block is cut along its longest side in metres (ties: x before y before z) among the
+    axes more than one element long. Raises ConfigError (field ``ranks_per_job``) if a part
+    would get no element.
     """
-    if nparts < 1 or nparts > nex * ney:
+    shape = tuple(int(n) for n in shape)
+    sizes = tuple(sizes)
+    if len(shape) not in (2, 3) or len(sizes) != len(shape):
+        raise ValueError(f"partition_grid: 2 or 3 axes, got shape {shape}, sizes {sizes}")
+    n_elements = int(np.prod(shape))
+    grid = " x ".join(map(str, shape))
+    if nparts < 1 or nparts > n_elements:
         raise ConfigError(
-            f"ranks_per_job: {nparts} ranks for a mesh of {nex * ney} elements; "
-            f"use 1..{nex * ney} ranks (at least one element per rank)"
+            f"ranks_per_job: {nparts} ranks for a mesh of {n_elements} elements; "
+            f"use 1..{n_elements} ranks (at least one element per rank)"
         )
-    part = np.empty((ney, nex), dtype=np.int64)
+    dim = len(shape)
+    part = np.empty(shape[::-1], dtype=np.int64)  # [.., ey, ex]: ravel gives e
 
-    def split(x0: int, x1: int, y0: int, y1: int, k: int, first: int) -> None:
-        nx, ny = x1 - x0, y1 - y0
+    def split(lo: list, hi: list, k: int, first: int) -> None:
         if k == 1:
-            part[y0:y1, x0:x1] = first
+            part[tuple(slice(lo[a], hi[a]) for a in reversed(range(dim)))] = first
             return
-        if nx * ny < k:
+        counts = [hi[a] - lo[a] for a in range(dim)]
+        if int(np.prod(counts)) < k:
             raise ConfigError(
-                f"ranks_per_job: {nparts} ranks cannot be balanced over {nex} x {ney} "
+                f"ranks_per_job: {nparts} ranks cannot be balanced over {grid} "
                 f"elements; use fewer ranks"
             )
         k1 = k // 2
-        along_x = (nx * hx >= ny * hy and nx > 1) or ny == 1
-        n = nx if along_x else ny
-        cut = min(max(int(round(n * k1 / k)), 1), n - 1)
-        if along_x:
-            split(x0, x0 + cut, y0, y1, k1, first)
-            split(x0 + cut, x1, y0, y1, k - k1, first + k1)
+        total = int(np.prod(counts))
+        # the longest side in metres first (ties: x, y, z) among axes longer than one element
+        axes = sorted((a for a in range(dim) if counts[a] > 1),
+                      key=lambda a: (-(counts[a] * sizes[a]), a))
+        for axis in axes:
+            n = counts[axis]
+            rest = total // n  # elements per slice across the cut
+            cut = min(max(int(round(n * k1 / k)), 1), n - 1)
+            # at least one element per rank on either side: the proportional cut, moved
+            # only when it leaves too few (a cut that suffices is kept as it is)
+            least, most = -(-k1 // rest), n - -(-(k - k1) // rest)
+            if least <= most:
+                cut = min(max(cut, least), most)
+                break
         else:
-            split(x0, x1, y0, y0 + cut, k1, first)
-            split(x0, x1, y0 + cut, y1, k - k1, first + k1)
+            raise ConfigError(
+                f"ranks_per_job: {nparts} ranks cannot be balanced over {grid} "
+                f"elements; use fewer ranks"
+            )
+        mid = lo[axis] + cut
+        split(lo, hi[:axis] + [mid] + hi[axis + 1:], k1, first)
+        split(lo[:axis] + [mid] + lo[axis + 1:], hi, k - k1, first + k1)
 
-    split(0, nex, 0, ney, nparts, 0)
+    split([0] * dim, list(shape), nparts, 0)
     return part.ravel()
 
 
-def local_point_counts(nex: int, ney: int, order: int, part: np.ndarray) -> np.ndarray:
-    """Local points (owned and ghosts) of each rank ``(nparts,)``: the GLL points of the
-    rectangle of elements it holds (the parts of ``partition_elements`` are rectangles)."""
-    ex, ey = np.arange(nex * ney) % nex, np.arange(nex * ney) // nex
+def partition_elements(nex: int, ney: int, hx: float, hy: float, nparts: int) -> np.ndarray:
+    """Rank of each element ``(nex * ney,)`` of an ``nex x ney`` grid (``e = ex + nex*ey``):
+    ``partition_grid((nex, ney), (hx, hy), nparts)``.
+
+    Raises ConfigError (field ``ranks_per_job``) if a part would get no element.
+    """
+    return partition_grid((nex, ney), (hx, hy), nparts)
+
+
+def local_point_counts(shape, order: int, part: np.ndarray, *legacy) -> np.ndarray:
+    """Local points (owned and ghosts) of each rank ``(nparts,)``: the GLL points of the box
+    of elements it holds (the parts of ``partition_grid`` are boxes).
+
+    ``local_point_counts(mesh.shape, mesh.order, part)``; the 2D form
+    ``local_point_counts(nex, ney, order, part)`` is accepted too.
+    """
+    if legacy:  # (nex, ney, order, part)
+        shape, order, part = (shape, order), part, legacy[0]
+    shape = tuple(int(n) for n in shape)
+    part = np.asarray(part)
     n = int(part.max()) + 1
-    span = []
-    for coord in (ex, ey):
+    e = np.arange(int(np.prod(shape)))
+    total = np.ones(n, dtype=np.int64)
+    stride = 1
+    for ne in shape:
+        coord = (e // stride) % ne
+        stride *= ne
         lo = np.full(n, np.iinfo(np.int64).max)
         hi = np.full(n, -1)
         np.minimum.at(lo, part, coord)
         np.maximum.at(hi, part, coord)
-        span.append(hi - lo + 1)
-    return (span[0] * order + 1) * (span[1] * order + 1)
+        total *= (hi - lo + 1) * order + 1
+    return total
 
 
 @dataclass(frozen=True)
@@ -86,9 +130,10 @@ class Decomposition:
     offsets: np.ndarray
 
 
-def decompose(mesh: StructuredMesh, nparts: int) -> Decomposition:
-    """Partition ``mesh`` over ``nparts`` ranks and number its points for PETSc."""
-    part = partition_elements(mesh.nex, mesh.ney, mesh.hx, mesh.hy, nparts)
+def decompose(mesh, nparts: int) -> Decomposition:
+    """Partition ``mesh`` (2D or 3D structured) over ``nparts`` ranks and number its points
+    for PETSc."""
+    part = partition_grid(mesh.shape, mesh.sizes, nparts)
     ibool = mesh.ibool()
     owner = np.full(mesh.n_points, nparts, dtype=np.int64)
     np.minimum.at(owner, ibool.reshape(len(part), -1),
@@ -117,8 +162,8 @@ class LocalPart:
     ghosts: np.ndarray
 
 
-def local_part(mesh: StructuredMesh, decomposition: Decomposition, rank: int) -> LocalPart:
-    """The share of ``rank``."""
+def local_part(mesh, decomposition: Decomposition, rank: int) -> LocalPart:
+    """The share of ``rank`` (``mesh`` 2D or 3D structured)."""
     elements = np.flatnonzero(decomposition.part == rank)
     touched = np.unique(mesh.ibool(elements))
     owned = touched[decomposition.owner[touched] == rank]
