@@ -20,11 +20,15 @@ The adjoint evaluates the chain rule at the prior unless given ``x``: relative a
 scalings are affine, so the point does not matter; for the logarithmic one it does
 (``g * m`` at the current model ``m``) — pass the current ``x`` in an iterative inversion.
 
+Two or three dimensions: ``points`` are ``(P, 2)`` or ``(P, 3)`` (x, y[, z], z up in 3D), the
+event positions have as many columns, cutouts are discs or spheres (Euclidean distance in the
+points' dimension), and a region-of-interest expression is in x, y or x, y, z (``dimension``).
+
 Masks act on the gradient only, as in the product whose tutorial fwimpi follows: ``forward``
 ignores them, so a model update is confined to the region of interest because its gradient is.
 A point is cut out when its distance to a source (receiver) of the event is strictly less
 than the radius, so a radius of 0 cuts out nothing. The region of interest multiplies the
-gradient by its weights (an expression in x, y is 1 where true and 0 where false, or any real
+gradient by its weights (an expression is 1 where true and 0 where false, or any real
 expression; an array gives the weights directly). ``linearized_forward`` applies the same masks
 when given ``points`` (and the event), so the masked adjoint is the exact transpose of the
 masked linearisation: the masks are a diagonal, symmetric preconditioner.
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping as MappingABC
 from dataclasses import dataclass, field as dc_field
+from types import MappingProxyType
 
 import numpy as np
 
@@ -47,6 +52,7 @@ from fwimpi.sem.physics import ACOUSTIC
 
 PARAMETERS = ACOUSTIC.parameters
 SCALINGS = ("absolute", "relative_deviation_from_prior", "logarithmic")
+VARIABLES = MappingProxyType({2: ("x", "y"), 3: ("x", "y", "z")})  # of a region of interest
 
 
 class MappingError(FwimpiError, ValueError):
@@ -55,36 +61,64 @@ class MappingError(FwimpiError, ValueError):
 
 @dataclass(frozen=True)
 class EventGeometry:
-    """Positions (m) of an event's sources ``(S, 2)`` and receivers ``(R, 2)``: what the
-    cutouts need. ``from_events`` merges several events (for a gradient summed over them)."""
+    """Positions (m) of an event's sources ``(S, d)`` and receivers ``(R, d)``, ``d`` = 2
+    (x, y) or 3 (x, y, z): what the cutouts need. Both have the same number of columns (an
+    empty array without columns takes the other's). ``from_events`` merges several events (for
+    a gradient summed over them)."""
 
     sources: np.ndarray
     receivers: np.ndarray
 
     def __post_init__(self):
+        arrays = {}
         for name in ("sources", "receivers"):
             value = getattr(self, name)
             arr = np.array(value, dtype=np.float64)
-            if arr.size == 0:
-                arr = np.zeros((0, 2))
-            elif arr.shape == (2,):
-                arr = arr[None, :]
-            if arr.ndim != 2 or arr.shape[1] != 2:
-                raise MappingError(f"event {name}: expected coordinates (n, 2) in metres, got "
-                                   f"shape {np.shape(value)}")
-            if not np.isfinite(arr).all():
+            if arr.ndim == 1 and arr.shape[0] in (2, 3):
+                arr = arr[None, :]  # one point
+            elif arr.size == 0 and (arr.ndim != 2 or arr.shape[1] not in (2, 3)):
+                arr = None  # no points and no columns: the other array's
+            if arr is not None and (arr.ndim != 2 or arr.shape[1] not in (2, 3)):
+                raise MappingError(f"event {name}: expected coordinates (n, 2) or (n, 3) in "
+                                   f"metres, got shape {np.shape(value)}")
+            if arr is not None and not np.isfinite(arr).all():
                 raise MappingError(f"event {name}: coordinates must be finite")
+            arrays[name] = arr
+        src, rec = arrays["sources"], arrays["receivers"]
+        if src is not None and rec is not None and src.shape[1] != rec.shape[1]:
+            raise MappingError(f"event sources: expected coordinates (n, {rec.shape[1]}) like "
+                               f"the receivers, got shape {src.shape}")
+        dim = next((a.shape[1] for a in (src, rec) if a is not None), 2)
+        for name, arr in arrays.items():
+            arr = np.zeros((0, dim)) if arr is None else arr
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
+
+    @property
+    def dim(self) -> int:
+        """2 or 3: the number of coordinates of each position."""
+        return self.sources.shape[1]
 
     @classmethod
     def from_events(cls, events: Iterable) -> "EventGeometry":
         """All sources and receivers of ``events`` (objects with ``sources`` and ``receivers``
-        sequences of items with ``x`` and ``y``, such as the job spec's ``Event``)."""
+        sequences of items with a ``position`` of 2 or 3 coordinates, or ``x`` and ``y``, such
+        as the job spec's ``Event``). Raises MappingError for events of mixed dimensions."""
         events = list(events)
-        src = [(s.x, s.y) for e in events for s in e.sources]
-        rec = [(r.x, r.y) for e in events for r in e.receivers]
-        return cls(np.array(src, float).reshape(-1, 2), np.array(rec, float).reshape(-1, 2))
+        src = [_position(s) for e in events for s in e.sources]
+        rec = [_position(r) for e in events for r in e.receivers]
+        dims = {len(p) for p in src + rec}
+        if len(dims) > 1:
+            raise MappingError(f"events: positions of {' and '.join(map(str, sorted(dims)))} "
+                               f"coordinates mixed")
+        dim = dims.pop() if dims else 2
+        return cls(np.array(src, float).reshape(-1, dim), np.array(rec, float).reshape(-1, dim))
+
+
+def _position(item) -> tuple[float, ...]:
+    """An acquisition item's position: its ``position`` tuple, else ``(x, y)``."""
+    position = getattr(item, "position", None)
+    return tuple(position) if position is not None else (item.x, item.y)
 
 
 def _radius(value, name: str, where: str) -> float | None:
@@ -101,7 +135,8 @@ def _radius(value, name: str, where: str) -> float | None:
 
 
 def _within(points: np.ndarray, centres: np.ndarray, radius: float) -> np.ndarray:
-    """Boolean ``(P,)``: points strictly closer than ``radius`` to any of ``centres``."""
+    """Boolean ``(P,)``: points ``(P, d)`` strictly closer than ``radius`` to any of
+    ``centres (C, d)`` (inside a disc in 2D, a sphere in 3D)."""
     if radius <= 0 or len(centres) == 0:
         return np.zeros(len(points), dtype=bool)
     from scipy.spatial import cKDTree  # root-only: mappings run after the simulations
@@ -115,10 +150,13 @@ class Mapping:
     """Map between simulation space (VP, RHO at the GLL points) and an inversion space.
 
     ``inversion_parameters``: a non-empty subset of ``VP``, ``RHO``; ``scaling``: one of
-    ``SCALINGS``; cutout radii in metres (None: no cutout); ``region_of_interest``: None, an
-    expression in ``x``, ``y`` (safely parsed) or an array of weights ``(P,)``. ``name``
+    ``SCALINGS``; cutout radii in metres (None: no cutout; discs in 2D, spheres in 3D);
+    ``region_of_interest``: None, an expression (safely parsed) in ``x``, ``y`` or, with
+    ``dimension=3``, in ``x``, ``y``, ``z``, or an array of weights ``(P,)``. ``name``
     (optional) names it in a job; ``field`` is the path that error messages name
-    (``mappings[i]`` when built from a job spec).
+    (``mappings[i]`` when built from a job spec). ``dimension`` (2 or 3) is that of the mesh
+    whose points the masks are evaluated at; only an expression needs it (the cutouts and the
+    weights work in the dimension of the points given).
 
     >>> import numpy as np
     >>> m = Mapping(["VP"], scaling="relative_deviation_from_prior")
@@ -134,6 +172,7 @@ class Mapping:
     region_of_interest: str | np.ndarray | None = None
     name: str | None = None
     field: str = dc_field(default="mapping", repr=False)
+    dimension: int = 2
     _roi: Expression | np.ndarray | None = dc_field(default=None, init=False, repr=False)
 
     def __post_init__(self):
@@ -158,11 +197,15 @@ class Mapping:
                                f"{self.scaling!r}")
         for name in ("source_cutout_radius_in_meters", "receiver_cutout_radius_in_meters"):
             object.__setattr__(self, name, _radius(getattr(self, name), name, where))
+        if self.dimension not in (2, 3) or isinstance(self.dimension, bool):
+            raise MappingError(f"{where}: dimension must be 2 or 3, got {self.dimension!r}")
+        object.__setattr__(self, "dimension", int(self.dimension))
         roi = self.region_of_interest
         if roi is None:
             compiled = None
         elif isinstance(roi, str):
-            compiled = compile_expression(roi, f"{where}.region_of_interest")
+            compiled = compile_expression(roi, f"{where}.region_of_interest",
+                                          VARIABLES[self.dimension])
         else:
             compiled = np.array(roi, dtype=np.float64)
             if compiled.ndim != 1:
@@ -264,14 +307,16 @@ class Mapping:
         return out
 
     def masks(self, points: np.ndarray, event: EventGeometry | None = None) -> np.ndarray | None:
-        """The product of the cutouts and the region of interest at ``points (P, 2)``, or
-        None when the mapping has no mask. Raises MappingError for a cutout without event."""
+        """The product of the cutouts and the region of interest at ``points (P, 2)`` or
+        ``(P, 3)``, or None when the mapping has no mask. Raises MappingError for a cutout
+        without event, or positions of another dimension than the points."""
         points = np.asarray(points, dtype=np.float64)
-        if points.ndim != 2 or points.shape[1] != 2:
-            raise MappingError(f"{self.field}: points must have shape (n_points, 2), got "
-                               f"{points.shape}")
+        if points.ndim != 2 or points.shape[1] not in (2, 3):
+            raise MappingError(f"{self.field}: points must have shape (n_points, 2) or "
+                               f"(n_points, 3), got {points.shape}")
         if not self.has_masks:
             return None
+        dim = points.shape[1]
         weight = np.ones(len(points))
         for kind, radius in (("source", self.source_cutout_radius_in_meters),
                              ("receiver", self.receiver_cutout_radius_in_meters)):
@@ -282,9 +327,17 @@ class Mapping:
                                    f"{radius:g} m needs the event (its {kind} positions); pass "
                                    f"event=EventGeometry(...)")
             centres = event.sources if kind == "source" else event.receivers
+            if len(centres) and centres.shape[1] != dim:
+                raise MappingError(f"{self.field}.{kind}_cutout_radius_in_meters: the event's "
+                                   f"{kind}s have {centres.shape[1]} coordinates, the mesh "
+                                   f"points {dim}")
             weight[_within(points, centres, radius)] = 0.0
         if isinstance(self._roi, Expression):
-            weight *= self._roi(x=points[:, 0], y=points[:, 1])
+            if dim != self.dimension:
+                raise MappingError(f"{self.field}.region_of_interest: an expression in "
+                                   f"{', '.join(VARIABLES[self.dimension])} for a {dim}D mesh "
+                                   f"(build the mapping with dimension={dim})")
+            weight *= self._roi(**dict(zip(VARIABLES[dim], points.T)))
         elif self._roi is not None:
             if len(self._roi) != len(points):
                 raise MappingError(f"{self.field}.region_of_interest: {len(self._roi)} "
@@ -317,7 +370,8 @@ class Mapping:
                 x: MappingABC | None = None) -> dict[str, np.ndarray]:
         """Gradient in inversion space (inverted parameters only) of the raw, simulation-space
         gradient ``dJ/dp_i``: ``g * dm/dx`` at ``x`` (default: the prior: ``g`` for absolute,
-        ``g * m0`` for relative and logarithmic scaling), times the masks at ``points (P, 2)``.
+        ``g * m0`` for relative and logarithmic scaling), times the masks at ``points (P, 2)``
+        or ``(P, 3)``.
         ``event`` gives the source and receiver positions; a cutout without it is an error.
         """
         prior, n = self._prior(prior)
@@ -331,7 +385,7 @@ class Mapping:
 
     def _points(self, points, n: int) -> np.ndarray:
         points = np.asarray(points, dtype=np.float64)
-        if points.shape != (n, 2):
-            raise MappingError(f"{self.field}: points must have shape ({n}, 2) like the "
-                               f"fields, got {points.shape}")
+        if points.shape not in ((n, 2), (n, 3)):
+            raise MappingError(f"{self.field}: points must have shape ({n}, 2) or ({n}, 3) "
+                               f"like the fields, got {points.shape}")
         return points

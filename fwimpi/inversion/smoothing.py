@@ -1,20 +1,24 @@
 """Anisotropic smoothing by diffusion on the SEM mesh (DESIGN.md, "Mapping and smoothing").
 
-Root-only and pure: arrays of the contract mesh layout in (``points (P, 2)``, ``cells (E,
-(N+1)^2)`` with local node ``a = i + (N+1) j``, ``mass (P,)`` the assembled quadrature weights
-``w``), arrays out. PETSc is used on ``COMM_SELF`` only; no files, no MPI collectives.
+Root-only and pure: arrays of the contract mesh layout in (2D: ``points (P, 2)``, ``cells (E,
+(N+1)^2)`` with local node ``a = i + (N+1) j``; 3D: ``points (P, 3)``, ``cells (E, (N+1)^3)``
+with ``a = i + (N+1) j + (N+1)^2 k``; ``mass (P,)`` the assembled quadrature weights ``w``),
+arrays out. PETSc is used on ``COMM_SELF`` only; no files, no MPI collectives.
 
-A smoothing length ``sigma = (sx, sy)`` (metres) is the standard deviation per axis of the
-equivalent Gaussian kernel: the field is diffused by ``du/dt = div(D grad u)`` for unit time
-with ``D = diag(sx^2, sy^2) / 2``, whose kernel is the Gaussian of covariance ``2 D T =
-diag(sx^2, sy^2)``. Boundaries are natural (no flux), so ``sum(w u)`` is conserved.
+A smoothing length ``sigma = (sx, sy)`` in 2D, ``(sx, sy, sz)`` in 3D (metres) is the standard
+deviation per axis of the equivalent Gaussian kernel: the field is diffused by ``du/dt =
+div(D grad u)`` for unit time with ``D = diag(sx^2, sy^2[, sz^2]) / 2``, whose kernel is the
+Gaussian of covariance ``2 D T = diag(sx^2, ...)``. Boundaries are natural (no flux), so
+``sum(w u)`` is conserved.
 
 Discretisation:
 
 - space: the SEM of the simulation, lumped mass ``M = diag(w)`` and the stiffness ``K_D`` of
   ``div(D grad .)``, applied matrix-free by ``AcousticStiffness`` with the element metric
   ``G = jw J^-1 D J^-T`` (``element_geometry``'s metric with ``D`` inserted), the
-  geometry taken from the cells' corner points (bilinear quads, checked against ``points``);
+  geometry taken from the cells' corner points (2D: bilinear quads, checked against
+  ``points``; 3D: identical axis-aligned boxes, checked the same way, one ``box_geometry``
+  translated);
 - time: ``n_steps`` backward Euler steps of ``tau = 1 / n_steps``,
   ``(M + tau K_D) u_{k+1} = M u_k``, each solved by PETSc CG with Jacobi preconditioning
   through a python shell matrix (unconditionally stable, so the step count is a choice of
@@ -50,7 +54,7 @@ from dataclasses import dataclass, field as dc_field
 import numpy as np
 
 from fwimpi.errors import FwimpiError
-from fwimpi.sem.geometry import ElementGeometry, bilinear_map, element_geometry
+from fwimpi.sem.geometry import ElementGeometry, bilinear_map, box_geometry, element_geometry
 from fwimpi.sem.gll import derivative_matrix, gll_points_weights
 from fwimpi.sem.operators import AcousticStiffness, assembled_sum
 
@@ -98,10 +102,78 @@ def cell_corners(points: np.ndarray, cells: np.ndarray, order: int) -> tuple[np.
     return corners, ibool
 
 
+def box_cells(points: np.ndarray, cells: np.ndarray, order: int) -> tuple[np.ndarray,
+                                                                           np.ndarray,
+                                                                           np.ndarray]:
+    """Of hexahedral ``cells (E, (N+1)^3)`` over ``points (P, 3)``: the lowest corners
+    ``(E, 3)``, the common box sizes ``(hx, hy, hz)`` (m) and ``ibool (E, n, n, n)`` ordered
+    ``[e, k, j, i]``.
+
+    Raises SmoothingError when the cells do not fit ``order`` or are not identical
+    axis-aligned boxes with their GLL points where ``box_geometry`` puts them (to 1e-9 of the
+    mesh's extent).
+    """
+    points = np.asarray(points, dtype=np.float64)
+    cells = np.asarray(cells)
+    n = order + 1
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise SmoothingError(f"points: expected shape (n_points, 3), got {points.shape}")
+    if cells.ndim != 2 or cells.shape[1] != n**3:
+        raise SmoothingError(f"cells: expected shape (n_elements, {n**3}) for order {order}, "
+                             f"got {cells.shape}")
+    if len(cells) == 0:
+        raise SmoothingError("cells: no elements")
+    if cells.min() < 0 or cells.max() >= len(points):
+        raise SmoothingError(f"cells: indices must lie in 0..{len(points) - 1}")
+    ibool = cells.reshape(len(cells), n, n, n).astype(np.int64)
+    xyz = points[ibool]  # (E, n, n, n, 3)
+    lo, hi = xyz[:, 0, 0, 0], xyz[:, -1, -1, -1]
+    sizes = (hi - lo).mean(axis=0)
+    extent = max(np.ptp(points, axis=0).max(), 1.0)
+    tol = 1e-9 * extent
+    if not (sizes > tol).all():
+        raise SmoothingError(f"cells: boxes must have positive sizes along x, y and z, got "
+                             f"{tuple(sizes)} m on average")
+    spread = np.abs(hi - lo - sizes).max()
+    if spread > tol:
+        raise SmoothingError(f"cells: the boxes differ in size by up to {spread:.3g} m "
+                             f"(3D smoothing needs identical axis-aligned boxes)")
+    ref = box_geometry(tuple(sizes), order).coords[:, 0]  # (3, n, n, n) [a, k, j, i]
+    gap = np.abs(xyz - lo[:, None, None, None, :] - np.moveaxis(ref, 0, -1)[None]).max()
+    if gap > tol:
+        raise SmoothingError(f"cells: element points are {gap:.3g} m away from the GLL points "
+                             f"of axis-aligned boxes (3D smoothing needs identical "
+                             f"axis-aligned boxes)")
+    return lo, tuple(float(h) for h in sizes), ibool
+
+
+def box_mesh_geometry(corners: np.ndarray, sizes, order: int,
+                      diffusivity: np.ndarray | None = None) -> ElementGeometry:
+    """Geometry of the boxes of ``sizes`` (m) whose lowest corners are ``corners (E, 3)``:
+    ``box_geometry(sizes, order, diffusivity)`` translated, its factors broadcast (the same
+    bits in every element, as ``StructuredMesh3D.geometry``)."""
+    ref = box_geometry(sizes, order, diffusivity)
+    e = len(corners)
+    coords = np.stack([corners[:, a, None, None, None] + ref.coords[a] for a in range(3)])
+    jw = np.broadcast_to(ref.jw, (e,) + ref.jw.shape[1:])
+    metric = np.broadcast_to(ref.metric, ref.metric.shape[:2] + (e,) + ref.metric.shape[3:])
+    return ElementGeometry(order, coords, jw, metric)
+
+
 def stiffness_diagonal(geometry: ElementGeometry, ibool: np.ndarray, n_points: int) -> np.ndarray:
-    """Assembled diagonal ``(P,)`` of the stiffness with ``geometry``'s metric (unit m1)."""
+    """Assembled diagonal ``(P,)`` of the stiffness with ``geometry``'s metric (unit m1); in
+    3D the metric must be diagonal (boxes)."""
     d = derivative_matrix(geometry.order)
     d2 = d**2
+    if geometry.dim == 3:
+        g = geometry.metric
+        off = max(np.abs(g[a, b]).max() for a in range(3) for b in range(3) if a != b)
+        if off > 0:
+            raise SmoothingError("stiffness_diagonal: 3D needs a diagonal metric (boxes)")
+        local = (np.einsum("ekjl,li->ekji", g[0, 0], d2)
+                 + np.einsum("ekli,lj->ekji", g[1, 1], d2)
+                 + np.einsum("elji,lk->ekji", g[2, 2], d2))
+        return assembled_sum(ibool, local, n_points)
     dd = np.outer(np.diag(d), np.diag(d))  # [j, i] -> d[j, j] d[i, i]
     g = geometry.metric
     local = (np.einsum("ejk,ki->eji", g[0, 0], d2)
@@ -113,16 +185,35 @@ def stiffness_diagonal(geometry: ElementGeometry, ibool: np.ndarray, n_points: i
 # --------------------------------------------------------------------------- operator
 
 
-def _sigma(sigma, where: str) -> tuple[float, float]:
+def _sigma(sigma, where: str) -> tuple[float, ...]:
+    """``(sx, sy)`` or ``(sx, sy, sz)`` as floats, checked."""
     try:
-        sx, sy = (float(s) for s in sigma)
+        lengths = tuple(float(s) for s in sigma)
     except (TypeError, ValueError):
-        raise SmoothingError(f"{where}: expected (sigma_x, sigma_y) in metres, got "
-                             f"{sigma!r}") from None
-    if not (math.isfinite(sx) and math.isfinite(sy) and sx >= 0 and sy >= 0):
+        lengths = ()
+    if len(lengths) not in (2, 3):
+        raise SmoothingError(f"{where}: expected (sigma_x, sigma_y) or (sigma_x, sigma_y, "
+                             f"sigma_z) in metres, got {sigma!r}")
+    if not all(math.isfinite(s) and s >= 0 for s in lengths):
         raise SmoothingError(f"{where}: smoothing lengths must be finite and >= 0, got "
                              f"{sigma!r}")
-    return sx, sy
+    return lengths
+
+
+def _dimension(points) -> int:
+    """2 or 3: the columns of ``points``; SmoothingError otherwise."""
+    shape = np.shape(points)
+    if len(shape) != 2 or shape[1] not in (2, 3):
+        raise SmoothingError(f"points: expected shape (n_points, 2) or (n_points, 3), got "
+                             f"{shape}")
+    return shape[1]
+
+
+def _check_lengths(sigma: tuple[float, ...], dim: int, where: str) -> None:
+    if len(sigma) != dim:
+        names = ", ".join(f"sigma_{a}" for a in "xyz"[:dim])
+        raise SmoothingError(f"{where}: {len(sigma)} smoothing lengths for a {dim}D mesh; "
+                             f"expected ({names}) in metres, got {sigma}")
 
 
 class _Shell:
@@ -143,7 +234,8 @@ class _Shell:
 
 
 class DiffusionSmoother:
-    """Root-only: the smoothing operator ``S`` of one ``sigma`` on one mesh; call it on
+    """Root-only: the smoothing operator ``S`` of one ``sigma`` (2 or 3 lengths, m, as the
+    mesh's dimension) on one mesh (2D quads or 3D identical axis-aligned boxes); call it on
     fields ``(P,)``. Holds PETSc objects on ``COMM_SELF``; ``destroy()`` frees them.
 
     ``iterations`` lists the CG iteration count of every solve so far.
@@ -164,14 +256,21 @@ class DiffusionSmoother:
                                  f"got shape {self.mass.shape}")
         self.iterations: list[int] = []
         self._ksp = None
-        sx, sy = self.sigma
-        self.identity = sx == 0 and sy == 0
+        self.dim = _dimension(points)
+        _check_lengths(self.sigma, self.dim, "sigma")
+        self.identity = not any(self.sigma)
         if self.identity:
             return
-        corners, ibool = cell_corners(points, cells, order)
         tau = 1.0 / self.n_steps
-        diffusivity = tau * np.diag([sx * sx, sy * sy]) / 2.0
-        scaled = element_geometry(corners, order, diffusivity)
+        if self.dim == 2:
+            sx, sy = self.sigma
+            corners, ibool = cell_corners(points, cells, order)
+            diffusivity = tau * np.diag([sx * sx, sy * sy]) / 2.0
+            scaled = element_geometry(corners, order, diffusivity)
+        else:
+            corners, sizes, ibool = box_cells(points, cells, order)
+            diffusivity = tau * np.diag([s * s for s in self.sigma]) / 2.0
+            scaled = box_mesh_geometry(corners, sizes, order, diffusivity)
         # general=False lets AcousticStiffness use its rectangle kernel on meshes of identical
         # axis-aligned rectangles (same operator, half the memory traffic).
         stiffness = AcousticStiffness(scaled, ibool, np.ones(self.n_points))
@@ -245,7 +344,8 @@ def _destroy(objects) -> None:
 def smooth(field: np.ndarray, sigma, points: np.ndarray, cells: np.ndarray, mass: np.ndarray,
            order: int, n_steps: int = DEFAULT_STEPS, rtol: float = DEFAULT_RTOL) -> np.ndarray:
     """Root-only: ``field (P,)`` smoothed with Gaussian-equivalent lengths ``sigma = (sx, sy)``
-    metres by ``n_steps`` backward Euler steps of the diffusion (module docstring)."""
+    (2D) or ``(sx, sy, sz)`` (3D) metres by ``n_steps`` backward Euler steps of the diffusion
+    (module docstring)."""
     smoother = DiffusionSmoother(points, cells, mass, order, sigma, n_steps, rtol)
     try:
         return smoother(field)
@@ -255,8 +355,10 @@ def smooth(field: np.ndarray, sigma, points: np.ndarray, cells: np.ndarray, mass
 
 @dataclass(frozen=True, eq=False)
 class ConstantSmoothing:
-    """Smoothing lengths per parameter and axis, ``{"VP": (sigma_x, sigma_y)}`` (metres, the
-    Gaussian standard deviations), the same everywhere in the domain."""
+    """Smoothing lengths per parameter and axis, ``{"VP": (sigma_x, sigma_y)}`` in 2D or
+    ``{"VP": (sigma_x, sigma_y, sigma_z)}`` in 3D (metres, the Gaussian standard
+    deviations), the same everywhere in the domain. ``apply`` checks the count against the
+    mesh's dimension."""
 
     smoothing_lengths_in_meters: MappingABC
     n_steps: int = DEFAULT_STEPS
@@ -268,9 +370,17 @@ class ConstantSmoothing:
         where = f"{self.field}.smoothing_lengths_in_meters"
         if not isinstance(raw, MappingABC) or not raw:
             raise SmoothingError(f"{where}: must be a non-empty mapping "
-                                 f"{{PARAMETER: (sigma_x, sigma_y)}}, got {raw!r}")
+                                 f"{{PARAMETER: (sigma_x, sigma_y[, sigma_z])}}, got {raw!r}")
         lengths = {str(k): _sigma(v, f"{where}.{k}") for k, v in raw.items()}
+        if len({len(v) for v in lengths.values()}) > 1:
+            raise SmoothingError(f"{where}: every parameter needs as many lengths (2 in 2D, 3 "
+                                 f"in 3D), got {raw!r}")
         object.__setattr__(self, "smoothing_lengths_in_meters", lengths)
+
+    @property
+    def dimension(self) -> int:
+        """2 or 3: the number of lengths per parameter."""
+        return len(next(iter(self.smoothing_lengths_in_meters.values())))
 
     def apply(self, fields: MappingABC, points: np.ndarray, cells: np.ndarray,
               mass: np.ndarray, order: int, mass_weighted: bool = False) -> dict[str, np.ndarray]:
@@ -282,9 +392,12 @@ class ConstantSmoothing:
             raise SmoothingError(f"{self.field}.smoothing_lengths_in_meters: no field "
                                  f"{', '.join(sorted(missing))} to smooth (fields: "
                                  f"{', '.join(fields) or 'none'})")
+        dim = _dimension(points)
+        for name, sigma in self.smoothing_lengths_in_meters.items():
+            _check_lengths(sigma, dim, f"{self.field}.smoothing_lengths_in_meters.{name}")
         mass = np.asarray(mass, dtype=np.float64)
         out = {name: np.array(value, dtype=np.float64) for name, value in fields.items()}
-        smoothers: dict[tuple[float, float], DiffusionSmoother] = {}
+        smoothers: dict[tuple[float, ...], DiffusionSmoother] = {}
         try:
             for name, sigma in self.smoothing_lengths_in_meters.items():
                 if sigma not in smoothers:
