@@ -83,14 +83,16 @@ class WaveSolver:
         if top_boundary not in ("neumann", "dirichlet"):
             raise ValueError(f"top_boundary: 'neumann' or 'dirichlet', got {top_boundary!r}")
         self.top_boundary = top_boundary
-        box, ext = mesh.mesh.domain, mesh.mesh.extended
-        # C = M d + C_Gamma: the layer's fixed rate d and the Stacey term on the outer edges,
-        # which depends on the model; damping_rate = C / M for the current model
+        # the boxes as (x0, x1, y0, y1[, z0, z1])
+        box = tuple(v for b in mesh.mesh.domain.bounds for v in b)
+        ext = tuple(v for b in mesh.mesh.extended.bounds for v in b)
+        # C = M d + C_Gamma: the layer's fixed rate d and the Stacey term on the outer edges
+        # (faces in 3D), which depends on the model; damping_rate = C / M for the current model
         self.layer_rate = (np.zeros(mesh.n_local) if absorbing is None else
-                           absorbing.damping(mesh.coordinates, (box.x0, box.x1, box.y0, box.y1)))
+                           absorbing.damping(mesh.coordinates, box))
         self.boundary = (None if absorbing is None else
-                         absorbing.boundary(mesh.geometry, mesh.ibool, mesh.n_local,
-                                            (ext.x0, ext.x1, ext.y0, ext.y1), mesh.assemble))
+                         absorbing.boundary(mesh.geometry, mesh.ibool, mesh.n_local, ext,
+                                            mesh.assemble))
         self._model = self._checked(model)
         m0, m1 = physics.coefficients(self._model)
         self.stiffness = AcousticStiffness(mesh.geometry, mesh.ibool, m1)
@@ -101,9 +103,9 @@ class WaveSolver:
                 mesh.work, mesh.all if mesh.comm.size > 1 else None)
         self.stepper = (LeapfrogStepper(*args) if self.boundary is None else
                         AbsorbingStepper(self.boundary, m0, m1, *args))
-        if top_boundary == "dirichlet":  # the pressure-free surface: phi = 0 on the top edge
-            top = mesh.mesh.extended.y1
-            at_top = np.abs(mesh.coordinates[:, 1] - top) <= 1e-9 * (top - mesh.mesh.extended.y0)
+        if top_boundary == "dirichlet":  # the pressure-free surface: phi = 0 on the top
+            bottom, top = mesh.mesh.extended.bounds[-1]  # the vertical axis is the last
+            at_top = np.abs(mesh.coordinates[:, -1] - top) <= 1e-9 * (top - bottom)
             self.stepper.fix(at_top, mass, mass * self.damping_rate)
         self.stable_dt = self._stable_dt(m0, m1)
         self._check_stable(self.stable_dt)

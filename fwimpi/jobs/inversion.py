@@ -347,7 +347,7 @@ class _Driver:
 
     def _plots(self, folder: Path, k: int, stage: int, model: dict, traces) -> list[str]:
         out, mesh = Path(self.spec.output), self.plan.mesh
-        box = (mesh.domain.x0, mesh.domain.x1, mesh.domain.y0, mesh.domain.y1)
+        box = tuple(v for b in mesh.domain.bounds for v in b)  # (x0, x1, y0, y1[, z0, z1])
         p = self.space.parameters[0]
         plot_model_pair(mesh.points, mesh.cells, mesh.order, self.prior[p], model[p], p, box,
                         folder / "model.png", f"iteration {k}, misfit {self.records[-1]['misfit']:.4g}")

@@ -88,8 +88,9 @@ class JobPlan:
         """The derived sizes that ``fwimpi validate`` prints and ``summary.json`` records."""
         mesh = self.mesh
         return {
-            "n_elements": mesh.n_elements, "elements_x": mesh.nex, "elements_y": mesh.ney,
-            "n_points": mesh.n_points, "element_size_m": [mesh.hx, mesh.hy],
+            "n_elements": mesh.n_elements,
+            **{f"elements_{a}": n for a, n in zip("xyz", mesh.shape)},
+            "n_points": mesh.n_points, "element_size_m": list(mesh.sizes),
             "absorbing_margin_m": mesh.margin, "min_velocity_m_per_s": self.min_velocity,
             "dt": self.axis.dt, "stable_dt": self.stable_dt, "n_steps": self.axis.n_steps,
             "max_points_per_rank": self.max_local_points,
@@ -109,7 +110,7 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None,
     model = ModelEvaluator(spec.model, spec.domain.box)
     margin = sim.absorbing.width_in_meters if sim.absorbing else 0.0
     box = spec.domain.box
-    extent = max(box.x1 - box.x0, box.y1 - box.y0)
+    extent = max(hi - lo for lo, hi in box.bounds)
     if not margin <= 10.0 * extent:
         raise ConfigError(f"simulation_configuration.absorbing_boundaries: the margins would be "
                           f"{margin:.3g} m wide, more than 10 times the domain ({extent:g} m)")
@@ -120,9 +121,9 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None,
         vmin = float(model(mesh.points)["VP"].min())
     else:
         with np.errstate(all="ignore"):  # overflowing extents are reported below
-            x = np.linspace(box.x0, box.x1, 65)
-            y = np.linspace(box.y0, box.y1, 65)
-            sample = model(np.column_stack([a.ravel() for a in np.meshgrid(x, y)]))
+            axes = [np.linspace(lo, hi, 65 if len(box.bounds) == 2 else 17)
+                    for lo, hi in box.bounds]
+            sample = model(np.column_stack([a.ravel() for a in np.meshgrid(*axes)]))
         warnings += check_model_units(sample)
         try:
             with np.errstate(all="ignore"):  # overflowing extents are reported below
@@ -189,7 +190,7 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None,
                 f"samples are {samples:,} values, more than {MAX_TRACE_SAMPLES:,}")
     warnings += check_wavelet_band(wavelet, axis, sim.max_frequency_in_hertz)
     vmax = float(values["VP"].max())
-    diameter = math.hypot(box.x1 - box.x0, box.y1 - box.y0)
+    diameter = math.hypot(*(hi - lo for lo, hi in box.bounds))
     crossings = sim.end_time_in_seconds * vmax / diameter
     if crossings > CROSSINGS_WARNING:
         warnings.append(
@@ -294,8 +295,9 @@ def summary_text(spec: JobSpec, plan: JobPlan, ranks: int, gradients: bool) -> s
         f"job {spec.name}: {events} event{'s' * (events != 1)}, {ranks} rank"
         f"{'s' * (ranks != 1)} per event, {k} event{'s' * (k != 1)} at a time; "
         f"output {spec.output}",
-        f"mesh: {mesh.nex} x {mesh.ney} elements of order {mesh.order}, {mesh.n_points:,} "
-        f"points, elements {mesh.hx:.4g} x {mesh.hy:.4g} m, absorbing margins "
+        f"mesh: {' x '.join(map(str, mesh.shape))} elements of order {mesh.order}, "
+        f"{mesh.n_points:,} points, elements {' x '.join(f'{h:.4g}' for h in mesh.sizes)} m, "
+        f"absorbing margins "
         f"{mesh.margin:g} m",
         f"model: VP {plan.min_velocity:g} to {plan.max_velocity:g} m/s (the mesh resolves "
         f"{spec.simulation.max_frequency_in_hertz:g} Hz at {plan.min_velocity:g} m/s)",
@@ -375,8 +377,7 @@ def _check_postprocessing(spec: JobSpec, mesh: StructuredMesh) -> None:
     for mapping in spec.mappings:
         mapping.masks(mesh.points, events)  # a non-finite region of interest raises
     if spec.smoothing is not None:
-        e = mesh.extended
-        reach = 10.0 * max(e.x1 - e.x0, e.y1 - e.y0)
+        reach = 10.0 * max(hi - lo for lo, hi in mesh.extended.bounds)
         for name, sigma in spec.smoothing.smoothing_lengths_in_meters.items():
             if max(sigma) > reach:
                 raise ConfigError(
@@ -397,7 +398,7 @@ def stable_dt(mesh: StructuredMesh, physics, values: dict[str, np.ndarray]) -> f
                 k = int(np.flatnonzero(bad)[0])
                 raise ConfigError(
                     f"model: VP = {values['VP'][k]:g} m/s, RHO = {values['RHO'][k]:g} kg/m^3 at "
-                    f"x={mesh.points[k, 0]:g}, y={mesh.points[k, 1]:g} make the coefficient "
+                    f"{_at(mesh.points[k])} make the coefficient "
                     f"{name} = {c[k]:g} unusable; check the model's values and units")
         factors = physics.chain_rule(values, np.ones_like(m0), np.ones_like(m1))
         for name, f in factors.items():
@@ -406,13 +407,18 @@ def stable_dt(mesh: StructuredMesh, physics, values: dict[str, np.ndarray]) -> f
                 k = int(np.flatnonzero(bad)[0])
                 raise ConfigError(
                     f"model: VP = {values['VP'][k]:g} m/s, RHO = {values['RHO'][k]:g} kg/m^3 at "
-                    f"x={mesh.points[k, 0]:g}, y={mesh.points[k, 1]:g} leave no usable gradient "
+                    f"{_at(mesh.points[k])} leave no usable gradient "
                     f"with respect to {name} ({f[k]:g}); check the model's values and units")
         ibool = mesh.ibool()
         stable = stable_time_step(mesh.geometry(), m0[ibool], m1[ibool])
     if not (math.isfinite(stable) and stable > 0):
         raise ConfigError(f"model: no stable time step for this model ({stable:g} s)")
     return stable
+
+
+def _at(point: np.ndarray) -> str:
+    """``x=.., y=..[, z=..]`` of a point, for messages."""
+    return ", ".join(f"{a}={v:g}" for a, v in zip("xyz", point))
 
 
 def read_observed(spec: JobSpec, axis: TimeAxis) -> dict[str, np.ndarray]:

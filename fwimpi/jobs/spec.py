@@ -29,6 +29,7 @@ from fwimpi.inversion.mapping import SCALINGS, Mapping, MappingError
 from fwimpi.inversion.smoothing import ConstantSmoothing, SmoothingError
 from fwimpi.mesh.model import ModelSource
 from fwimpi.mesh.structured import Box
+from fwimpi.mesh.structured3d import Box3
 from fwimpi.sem.absorbing import AbsorbingBoundaries
 from fwimpi.sem.acquisition import Event, PointSource, Receiver
 from fwimpi.sem.misfits import MISFITS, Misfit, PressureMisfit
@@ -59,15 +60,29 @@ _CLIP_SUFFIX = re.compile(r"_clip[0-9.eE+-]*$")
 
 @dataclass(frozen=True)
 class Domain:
-    """Box domain in metres: `x = (x0, x1)`, `y = (y0, y1)`; y is vertical, 0 at the top."""
+    """Box domain in metres: `x = (x0, x1)`, `y = (y0, y1)` and, in 3D, `z = (z0, z1)`. The
+    last axis is vertical, up, with the free surface at its top (y1 in 2D, z1 in 3D)."""
 
     dimension: int
     x: tuple[float, float]
     y: tuple[float, float]
+    z: tuple[float, float] | None = None
 
     @property
-    def box(self) -> Box:
+    def box(self) -> Box | Box3:
+        if self.dimension == 3:
+            return Box3(self.x[0], self.x[1], self.y[0], self.y[1], self.z[0], self.z[1])
         return Box(self.x[0], self.x[1], self.y[0], self.y[1])
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The coordinate names: ``("x", "y")`` or ``("x", "y", "z")``."""
+        return ("x", "y", "z")[: self.dimension]
+
+    @property
+    def top(self) -> float:
+        """The free surface: the largest coordinate of the vertical axis (m)."""
+        return getattr(self, self.axes[-1])[1]
 
 
 @dataclass(frozen=True)
@@ -387,7 +402,7 @@ def parse_job_spec(data: dict, base_dir: str | os.PathLike) -> JobSpec:
         _fail("mappings", "need misfit_configuration (a gradient to map); add it or remove "
                           "the mappings", d["mappings"])
     smoothing, applies_to = _opt(d, "", "smoothing", (None, None),
-                                 lambda v, p: _smoothing(v, p, mappings))
+                                 lambda v, p: _smoothing(v, p, mappings, domain.dimension))
     inversion = _opt(d, "", "inversion", None,
                      lambda v, p: _inversion(v, p, mappings, smoothing, misfit, simulation))
     output = _opt(d, "", "output", _resolve_path(f"runs/{name}", base_dir),
@@ -404,12 +419,15 @@ def parse_job_spec(data: dict, base_dir: str | os.PathLike) -> JobSpec:
 
 
 def _domain(data, path) -> Domain:
+    if isinstance(data, dict) and data.get("dimension") == 3:
+        d = _mapping(data, path, ("dimension", "x", "y", "z"),
+                     required=("dimension", "x", "y", "z"))
+        return Domain(3, _interval(d["x"], f"{path}.x"), _interval(d["y"], f"{path}.y"),
+                      _interval(d["z"], f"{path}.z"))
     d = _mapping(data, path, ("dimension", "x", "y"), required=("dimension", "x", "y"))
     dim = _number(d["dimension"], f"{path}.dimension", integer=True)
-    if dim == 3:
-        _fail(f"{path}.dimension", "3D is not supported yet, must be 2", dim)
     if dim != 2:
-        _fail(f"{path}.dimension", "must be 2", dim)
+        _fail(f"{path}.dimension", "must be 2 or 3", dim)
     return Domain(2, _interval(d["x"], f"{path}.x"), _interval(d["y"], f"{path}.y"))
 
 
@@ -466,23 +484,34 @@ def _event(data, path, domain) -> Event:
 
 
 def _source(data, path, domain) -> PointSource:
-    d = _mapping(data, path, ("type", "x", "y", "f"), required=("x", "y", "f"))
-    _opt(d, path, "type", "ScalarPoint2D", lambda v, p: _choice(v, p, ("ScalarPoint2D",)))
-    x = _inside(_number(d["x"], f"{path}.x"), f"{path}.x", "x", domain.x)
-    y = _inside(_number(d["y"], f"{path}.y"), f"{path}.y", "y", domain.y)
-    return PointSource((x, y), _number(d["f"], f"{path}.f"))
+    axes = domain.axes
+    kind = f"ScalarPoint{domain.dimension}D"
+    if isinstance(data, dict) and "type" in data:  # a 2D source in 3D: say so first
+        _choice(data["type"], f"{path}.type", (kind,))
+    d = _mapping(data, path, ("type",) + axes + ("f",), required=axes + ("f",))
+    position = tuple(_inside(_number(d[a], f"{path}.{a}"), f"{path}.{a}", a, getattr(domain, a))
+                     for a in axes)
+    return PointSource(position, _number(d["f"], f"{path}.f"))
 
 
 _RECEIVER_KEYS = MappingProxyType({"ArrayPoint2D": ("type", "x", "y", "fields"),
-                                   "Point2D": ("type", "x", "y", "fields", "station_code")})
+                                   "Point2D": ("type", "x", "y", "fields", "station_code"),
+                                   "ArrayPoint3D": ("type", "x", "y", "z", "fields"),
+                                   "Point3D": ("type", "x", "y", "z", "fields",
+                                               "station_code")})
 
 
 def _receiver_set(data, path, domain, first_index) -> list[Receiver]:
-    """One Receiver per point of a `Point2D` or `ArrayPoint2D` entry; x and y broadcast."""
+    """One Receiver per point of a `Point2D` or `ArrayPoint2D` entry (x and y broadcast), or
+    of a `Point3D` or `ArrayPoint3D` entry (the grid of its x and y values at depth z; z
+    defaults to the free surface)."""
     if not isinstance(data, dict):
         _fail(path, "must be a mapping", data)
-    kind = _choice(data.get("type"), f"{path}.type", tuple(_RECEIVER_KEYS))
+    kinds = tuple(k for k in _RECEIVER_KEYS if k.endswith(f"{domain.dimension}D"))
+    kind = _choice(data.get("type"), f"{path}.type", kinds)
     d = _mapping(data, path, _RECEIVER_KEYS[kind], required=("type", "x", "y"))
+    if domain.dimension == 3:
+        return _receiver_set3d(d, path, kind, domain, first_index)
     fields = _opt(d, path, "fields", ("phi",),
                   lambda v, p: _subset(v, p, RECEIVER_FIELDS))
     if kind == "Point2D":
@@ -506,6 +535,28 @@ def _receiver_set(data, path, domain, first_index) -> list[Receiver]:
         columns.append(column)
     return [Receiver((x, y), f"R{first_index + k:04d}", fields)
             for k, (x, y) in enumerate(zip(*columns))]
+
+
+def _receiver_set3d(d, path, kind, domain, first_index) -> list[Receiver]:
+    fields = _opt(d, path, "fields", ("phi",), lambda v, p: _subset(v, p, RECEIVER_FIELDS))
+    z = _inside(_opt(d, path, "z", domain.top, _number), f"{path}.z", "z", domain.z)
+    if kind == "Point3D":
+        x = _inside(_number(d["x"], f"{path}.x"), f"{path}.x", "x", domain.x)
+        y = _inside(_number(d["y"], f"{path}.y"), f"{path}.y", "y", domain.y)
+        station = _opt(d, path, "station_code", f"R{first_index:04d}", _name)
+        return [Receiver((x, y, z), station, fields)]
+    axes = {}
+    for axis in ("x", "y"):
+        values, indexed = _coordinates(d[axis], f"{path}.{axis}")
+        axes[axis] = [_inside(v, f"{path}.{axis}[{j}]" if indexed else f"{path}.{axis}", axis,
+                              getattr(domain, axis)) for j, v in enumerate(values)]
+    if len(axes["x"]) * len(axes["y"]) > MAX_LINSPACE_POINTS:
+        _fail(path, f"the grid of x and y has {len(axes['x']) * len(axes['y']):,} points, at "
+                    f"most {MAX_LINSPACE_POINTS:,}", d)
+    # the grid of x and y, x fastest
+    points = [(x, y) for y in axes["y"] for x in axes["x"]]
+    return [Receiver((x, y, z), f"R{first_index + k:04d}", fields)
+            for k, (x, y) in enumerate(points)]
 
 
 def _coordinates(value, path) -> tuple[list[float], bool]:
@@ -705,7 +756,7 @@ def _mapping_config(data, path) -> Mapping:
         raise ConfigError(str(err)) from None
 
 
-def _smoothing(data, path, mappings) -> tuple[ConstantSmoothing, str]:
+def _smoothing(data, path, mappings, dimension: int = 2) -> tuple[ConstantSmoothing, str]:
     d = _mapping(data, path, ("apply_to", "type", "smoothing_lengths_in_meters"),
                  required=("apply_to", "type", "smoothing_lengths_in_meters"))
     names = tuple(m.name for m in mappings)
@@ -717,8 +768,9 @@ def _smoothing(data, path, mappings) -> tuple[ConstantSmoothing, str]:
     parameters = next(m.inversion_parameters for m in mappings if m.name == apply_to)
     lengths_path = f"{path}.smoothing_lengths_in_meters"
     raw = d["smoothing_lengths_in_meters"]
+    names = ", ".join(f"sigma_{a}" for a in "xyz"[:dimension])
     if not isinstance(raw, dict) or not raw:
-        _fail(lengths_path, "must be a non-empty mapping {PARAMETER: [sigma_x, sigma_y]}", raw)
+        _fail(lengths_path, f"must be a non-empty mapping {{PARAMETER: [{names}]}}", raw)
     lengths = {}
     for key, value in raw.items():
         key_path = f"{lengths_path}.{_key(key)}"
@@ -726,8 +778,8 @@ def _smoothing(data, path, mappings) -> tuple[ConstantSmoothing, str]:
             _fail(key_path, f"must be an inversion parameter of mapping {apply_to!r}: "
                             f"{', '.join(parameters)}", key)
         items = _list(value, key_path)
-        if len(items) != 2:
-            _fail(key_path, "must be [sigma_x, sigma_y] in metres", value)
+        if len(items) != dimension:
+            _fail(key_path, f"must be [{names}] in metres", value)
         lengths[key] = tuple(_number(v, f"{key_path}[{i}]", lo=0) for i, v in enumerate(items))
     try:
         return ConstantSmoothing(lengths, field=path), apply_to
@@ -804,14 +856,16 @@ def _resolved(*, name, ranks_per_job, site, concurrent_events, retries, domain, 
     return {
         "name": name, "ranks_per_job": ranks_per_job, "site": site,
         "concurrent_events": concurrent_events, "retries": retries,
-        "domain": {"dimension": domain.dimension, "x": list(domain.x), "y": list(domain.y)},
+        "domain": {"dimension": domain.dimension,
+                   **{a: list(getattr(domain, a)) for a in domain.axes}},
         "model": ({"file": str(model.file)} if model.file is not None
                   else {"vp": model.vp, "rho": model.rho}),
         "events": [{
             "event_name": e.name,
-            "sources": [{"type": "ScalarPoint2D", "x": s.x, "y": s.y, "f": s.f}
-                        for s in e.sources],
-            "receivers": [{"type": "Point2D", "x": r.x, "y": r.y, "fields": list(r.fields),
+            "sources": [{"type": f"ScalarPoint{domain.dimension}D",
+                         **dict(zip(domain.axes, s.position)), "f": s.f} for s in e.sources],
+            "receivers": [{"type": f"Point{domain.dimension}D",
+                           **dict(zip(domain.axes, r.position)), "fields": list(r.fields),
                            "station_code": r.station} for r in e.receivers],
         } for e in events],
         "simulation_configuration": {

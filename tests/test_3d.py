@@ -1,0 +1,131 @@
+"""The whole chain in 3D through the command line (DESIGN.md, "Three dimensions"): the
+example job validates, and a small 3D job gives the same receivers, gradients, mapped and
+smoothed files on 1, 2, 3 and 4 real MPI ranks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fwimpi.cli import main
+from fwimpi.jobs.spec import load_job_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+MPIRUN = shutil.which("mpirun")
+
+JOB = """
+name: small3d
+ranks_per_job: 1
+domain: {dimension: 3, x: [0.0, 600.0], y: [0.0, 400.0], z: [-400.0, 0.0]}
+model: {vp: "1500.0 - z", rho: "1000.0 - z"}
+events:
+  - event_name: ev1
+    sources: [{type: ScalarPoint3D, x: 200.0, y: 200.0, z: -200.0, f: 1.0}]
+    receivers:
+      - {type: ArrayPoint3D, x: {linspace: [100.0, 500.0, 3]}, y: [150.0, 250.0], fields: [phi]}
+simulation_configuration:
+  name: sim
+  elements_per_wavelength: 1.5
+  tensor_order: 3
+  max_frequency_in_hertz: 8.0
+  end_time_in_seconds: 0.4
+  wavelet: {type: Ricker, center_frequency: 4.0}
+  absorbing_boundaries: {reference_velocity: 2000.0, number_of_wavelengths: 0.25,
+                         reference_frequency: 4.0}
+misfit_configuration:
+  name: misfit
+  observed_data: null
+  misfit_function: L2_energy_no_observed_data
+  receiver_field: phi
+mappings:
+  - {name: map_a, inversion_parameters: [VP, RHO], scaling: absolute,
+     source_cutout_radius_in_meters: 100.0}
+  - {name: map_b, inversion_parameters: [VP], scaling: relative_deviation_from_prior,
+     receiver_cutout_radius_in_meters: 50.0, region_of_interest: "z < -50.0 and y > 100"}
+smoothing:
+  apply_to: map_b
+  type: ConstantSmoothing
+  smoothing_lengths_in_meters: {VP: [80.0, 60.0, 40.0]}
+output: out
+"""
+
+
+def mpirun(n: int, *argv, timeout=300):
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    cmd = [MPIRUN, "-n", str(n), "--oversubscribe", sys.executable, "-m", "mpi4py", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The small 3D job run by ``fwimpi exec`` on 1, 2, 3 and 4 ranks."""
+    out = {}
+    for n in (1, 2, 3, 4):
+        folder = tmp_path_factory.mktemp(f"np{n}")
+        (folder / "job.yaml").write_text(JOB)
+        proc = mpirun(n, "-m", "fwimpi.cli", "exec", str(folder / "job.yaml"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[n] = folder / "out"
+    return out
+
+
+def read(path: Path, name: str) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f[name][...]
+
+
+def test_the_example_job_validates(capsys):
+    assert main(["validate", str(ROOT / "jobs" / "tutorial_3d.yaml")]) == 0
+    text = capsys.readouterr().out
+    assert " x " in text.splitlines()[1] and text.splitlines()[1].count(" x ") >= 3
+
+
+def test_spec_grids_receivers_and_defaults_their_depth_to_the_surface(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(JOB)
+    spec = load_job_spec(path)
+    coords = spec.events[0].receiver_coordinates
+    assert coords.shape == (6, 3)
+    assert np.allclose(coords[:, 2], 0.0)  # z defaults to the top
+    assert np.allclose(coords[:3, 0], [100, 300, 500]) and np.allclose(coords[:3, 1], 150)
+    assert spec.domain.box.bounds[2] == (-400.0, 0.0)
+    # the resolved spec parses again to the same spec
+    again = tmp_path / "again.yaml"
+    again.write_text(json.dumps(spec.resolved))
+    assert load_job_spec(again).events == spec.events
+
+
+def test_products_have_three_dimensional_points_and_hexahedra(runs):
+    out = runs[1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["mappings"]) == {"map_a", "map_b"} and summary["smoothed"]
+    points = read(out / "model.h5", "/mesh/points")
+    cells = read(out / "model.h5", "/mesh/cells")
+    assert points.shape[1] == 3 and cells.shape[1] == 4**3
+    with h5py.File(out / "events/ev1/receivers.h5", "r") as f:
+        assert f["ev1/coordinates"].shape == (6, 3)
+    assert "Hexahedron" in (out / "model.xdmf").read_text()
+    grad = read(out / "gradient.h5", "/fields/VP")
+    assert np.isfinite(grad).all() and np.abs(grad).max() > 0
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_products_equal_the_one_rank_run(runs, n):
+    files = [("events/ev1/receivers.h5", "ev1/phi"), ("gradient.h5", "/fields/VP"),
+             ("gradient.h5", "/fields/RHO")]
+    summary = json.loads((runs[1] / "summary.json").read_text())
+    files += [(path, "/fields/VP") for path in summary["mappings"].values()]
+    files += [(path, "/fields/VP") for path in summary["smoothed"].values()]
+    for path, name in files:
+        ref, got = read(runs[1] / path, name), read(runs[n] / path, name)
+        assert ref.shape == got.shape and np.abs(ref).max() > 0, (path, name)
+        assert np.linalg.norm(got - ref) <= 1e-12 * np.linalg.norm(ref), (path, name)
+    misfits = [json.loads((runs[k] / "summary.json").read_text())["events"]["ev1"]["misfit"]
+               for k in (1, n)]
+    assert abs(misfits[1] - misfits[0]) <= 1e-12 * abs(misfits[0])
