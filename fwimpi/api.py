@@ -62,7 +62,7 @@ class Simulation:
 
     @property
     def points(self) -> np.ndarray:
-        """``(P, 2)`` the mesh's GLL points (m), natural order."""
+        """``(P, dim)`` the mesh's GLL points (m), natural order."""
         return self.plan.mesh.points
 
     @property

@@ -8,6 +8,10 @@ Goals: >= 70 M point-updates/s per core (issue 2; SPECFEM2D 8.1: 0.56 s best, 0.
 for 1000 steps on the tutorial mesh), stretch 140 M; the refined mesh within 15% of the
 tutorial mesh's rate (issue "Solver core", item 1: no denormal slowdown).
 
+``--dimension 3``: the 3D example job (``jobs/tutorial_3d.yaml``, order 4, about 155,000
+points) and the same refined 2x per axis (about 1.2 million points), over 0.5 s each (issue
+"Three dimensions": a per-point rate at least 60% of the 2D kernel's).
+
 ``--keep-denormals`` clears flush-to-zero after the solver set it (``fwimpi.sem.ftz``): the
 time loop as it ran before, for comparison.
 """
@@ -21,9 +25,10 @@ from benchcase import tutorial
 from fwimpi.sem.ftz import denormals_flushed, flush_denormals
 
 
-def bench(refine: int, repeats: int, keep_denormals: bool, end_time: float | None) -> float:
+def bench(refine: int, repeats: int, keep_denormals: bool, end_time: float | None,
+          dimension: int = 2) -> float:
     """Print one row; return the best rate (M point-updates/s)."""
-    sim = tutorial(MPI.COMM_SELF, refine, end_time=end_time)
+    sim = tutorial(MPI.COMM_SELF, refine, end_time=end_time, dimension=dimension)
     if keep_denormals:
         flush_denormals(False)
     mesh, event, steps = sim.plan.mesh, sim.spec.events[0], sim.plan.axis.n_steps
@@ -31,7 +36,8 @@ def bench(refine: int, repeats: int, keep_denormals: bool, end_time: float | Non
     sim.close()
     best, median = min(seconds), statistics.median(seconds)
     rate = mesh.n_points * steps / best / 1e6
-    print(f"{mesh.nex:>4} x {mesh.ney:<4} {mesh.n_points:>10,d} {steps:>6d} {best:>9.3f} "
+    shape = " x ".join(map(str, mesh.shape))
+    print(f"{shape:<14} {mesh.n_points:>10,d} {steps:>6d} {best:>9.3f} "
           f"{median:>9.3f} {rate:>10.1f} {mesh.n_points * steps / median / 1e6:>10.1f}",
           flush=True)
     return rate
@@ -45,9 +51,21 @@ def main() -> None:
                    help="simulated seconds (default: the tutorial's 2 s)")
     p.add_argument("--keep-denormals", action="store_true",
                    help="clear flush-to-zero after the solver set it (the loop as before)")
+    p.add_argument("--dimension", type=int, choices=(2, 3), default=2,
+                   help="3: the 3D example job and it refined 2x per axis")
     args = p.parse_args()
+    if args.dimension == 3:
+        end = 0.5 if args.end_time is None else args.end_time
+        print("3D forward time loop, order 4, one core")
+        print(f"{'elements':<14} {'GLL points':>10} {'steps':>6} {'best s':>9} "
+              f"{'median s':>9} {'Mupd/s best':>10} {'Mupd/s med':>10}")
+        small = bench(1, args.repeats, args.keep_denormals, end, 3)
+        large = bench(2, args.refined_repeats, args.keep_denormals, end / 2, 3)
+        print(f"refined / example rate: {large / small:.2f}; compare with the 2D rates of "
+              f"scripts/bench_forward (goal: 3D >= 0.6 x 2D per point)")
+        return
     print("forward time loop, order 4, one core")
-    print(f"{'elements':<11} {'GLL points':>10} {'steps':>6} {'best s':>9} {'median s':>9} "
+    print(f"{'elements':<14} {'GLL points':>10} {'steps':>6} {'best s':>9} {'median s':>9} "
           f"{'Mupd/s best':>10} {'Mupd/s med':>10}")
     tutorial_rate = bench(1, args.repeats, args.keep_denormals, args.end_time)
     refined_rate = bench(4, args.refined_repeats, args.keep_denormals, args.end_time)
