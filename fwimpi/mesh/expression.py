@@ -1,5 +1,8 @@
 """Safe arithmetic expressions in the coordinates, e.g. ``"1500.0 - y"`` for a model field.
 
+The coordinates are ``x``, ``y`` in 2D and ``x``, ``y``, ``z`` in 3D (``COORDINATES``; in 3D
+z is vertical, up); ``z`` in a 2D expression is an unknown name like any other.
+
 The text is parsed with ``ast.parse(text, mode="eval")``, checked against a whitelist and turned
 into a tree of numpy closures; it is never passed to ``eval``, ``exec`` or ``compile``. Literals
 become float64, so no Python big-integer arithmetic ever runs. Coordinates are in metres; the
@@ -23,6 +26,16 @@ MAX_DEPTH = 50
 MAX_CONSTANT_EXPONENT = 64.0
 
 CONSTANTS = MappingProxyType({"pi": math.pi, "e": math.e})
+#: The coordinate names (variables) of expressions on a mesh of each dimension.
+COORDINATES = MappingProxyType({2: ("x", "y"), 3: ("x", "y", "z")})
+
+
+def coordinate_names(dimension: int) -> tuple[str, ...]:
+    """``("x", "y")`` for 2 and ``("x", "y", "z")`` for 3; ValueError otherwise."""
+    try:
+        return COORDINATES[dimension]
+    except (KeyError, TypeError):
+        raise ValueError(f"dimension must be 2 or 3, got {dimension!r}") from None
 
 
 def _logical(a: np.ndarray) -> np.ndarray:
@@ -302,10 +315,22 @@ class Expression:
                               f"non-finite values{where}")
         return out
 
+    def at(self, points: np.ndarray) -> np.ndarray:
+        """Values ``(P,)`` at ``points (P, k)`` whose columns are ``variables`` in order
+        (``(P, 2)`` for x, y; ``(P, 3)`` for x, y, z), metres. ValueError on another shape."""
+        p = np.asarray(points, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != len(self.variables):
+            raise ValueError(f"{self.field}: points must have shape (n, {len(self.variables)}) "
+                             f"for {', '.join(self.variables)}, got {p.shape}")
+        return self(**{k: p[:, a] for a, k in enumerate(self.variables)})
+
 
 def compile_expression(text: str, field: str,
                        variables: tuple[str, ...] = ("x", "y")) -> Expression:
     """Parse and validate ``text`` (see module docstring); errors are ConfigError naming field.
+
+    ``variables``: the names the expression may use, ``coordinate_names(dim)`` for a model
+    or region of interest on a mesh of dimension ``dim`` (x, y by default).
 
     A constant expression that is non-finite (``"1/0"``) is refused here; others are checked
     for non-finite values when called.

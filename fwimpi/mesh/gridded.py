@@ -1,14 +1,18 @@
-"""Gridded model files: 2D fields on a rectilinear (x, y) grid, from HDF5, NetCDF4 or NetCDF3.
+"""Gridded model files: fields on a rectilinear (x, y) grid in 2D, or (x, y, z) grid in 3D,
+from HDF5, NetCDF4 or NetCDF3.
 
 The format is detected from the file signature: HDF5 (which includes NetCDF4) is read with h5py
 in serial, NetCDF3 classic / 64-bit offset with ``scipy.io.netcdf_file``. Coordinates are the
-1D variables ``x`` and ``y`` (metres); every 2D variable over those two dimensions is a field.
+1D variables ``x`` and ``y`` (and ``z`` in 3D: vertical, up), in metres; every 2D (3D)
+variable over those dimensions, in any order, is a field. Interpolation is bilinear
+(trilinear in 3D).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Callable
 
 import h5py
@@ -24,6 +28,8 @@ OUTSIDE_TOLERANCE = 1e-9  # relative to the larger extent of the grid
 #: The most values one variable of a model file may hold (800 MB as float64): checked from
 #: its declared shape before anything is read.
 MAX_VALUES = 100_000_000
+#: The coordinate variables of a model file of each dimension.
+AXES = MappingProxyType({2: ("x", "y"), 3: ("x", "y", "z")})
 
 
 @dataclass(frozen=True)
@@ -43,31 +49,50 @@ class _Var:
 class GriddedModel:
     """Fields on a rectilinear grid.
 
-    ``x (nx,)`` and ``y (ny,)`` are float64, strictly increasing, in metres; ``fields`` maps
-    lower-cased variable names to float64 arrays of shape ``(nx, ny)`` (units as in the file).
-    ``field`` is the job-spec path used in error messages.
+    ``x (nx,)``, ``y (ny,)`` (and in 3D ``z (nz,)``; None in 2D) are float64, strictly
+    increasing, in metres; ``fields`` maps lower-cased variable names to float64 arrays of
+    shape ``(nx, ny)``, or ``(nx, ny, nz)`` in 3D (units as in the file). ``field`` is the
+    job-spec path used in error messages.
     """
 
     x: np.ndarray
     y: np.ndarray
     fields: dict[str, np.ndarray]
     field: str = "model.file"
+    z: np.ndarray | None = None
 
     @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        """``(xmin, xmax, ymin, ymax)`` of the grid, metres."""
-        return float(self.x[0]), float(self.x[-1]), float(self.y[0]), float(self.y[-1])
+    def dim(self) -> int:
+        """2, or 3 for a grid in x, y, z."""
+        return 2 if self.z is None else 3
 
-    def interpolate(self, name: str, x, y) -> np.ndarray:
-        """Bilinear interpolation of field ``name`` (any case) at points ``x``, ``y`` (metres,
-        broadcast together); float64 array of the broadcast shape. Exact for
-        ``a + b x + c y + d x y``. Points outside the grid by more than 1e-9 of its larger
-        extent raise ConfigError; those within are clamped onto it."""
+    @property
+    def axes(self) -> tuple[np.ndarray, ...]:
+        """``(x, y)`` or ``(x, y, z)``."""
+        return (self.x, self.y) if self.z is None else (self.x, self.y, self.z)
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        """``(xmin, xmax, ymin, ymax)`` of the grid, metres; ``zmin, zmax`` follow in 3D."""
+        return tuple(float(v) for a in self.axes for v in (a[0], a[-1]))
+
+    def _field_values(self, name: str) -> np.ndarray:
         key = str(name).lower()
         if key not in self.fields:
             raise ConfigError(f"{self.field}: no variable '{name}' in the model file; "
                               f"available: {', '.join(sorted(self.fields)) or 'none'}")
-        f = self.fields[key]
+        return self.fields[key]
+
+    def interpolate(self, name: str, x, y, z=None) -> np.ndarray:
+        """Bilinear (3D: trilinear) interpolation of field ``name`` (any case) at points
+        ``x``, ``y`` (and ``z``, required in 3D and refused in 2D) in metres, broadcast
+        together; float64 array of the broadcast shape. Exact for ``a + b x + c y + d x y``
+        (3D: any ``sum c_abc x^a y^b z^c`` with a, b, c in {0, 1}). Points outside the grid
+        by more than 1e-9 of its largest extent raise ConfigError; those within are clamped
+        onto it."""
+        if self.z is not None or z is not None:
+            return self._interpolate3(name, x, y, z)
+        f = self._field_values(name)
         xq, yq = np.broadcast_arrays(np.asarray(x, dtype=np.float64),
                                      np.asarray(y, dtype=np.float64))
         xmin, xmax, ymin, ymax = self.bounds
@@ -82,6 +107,30 @@ class GriddedModel:
         return ((1 - u) * (1 - v) * f[i, j] + u * (1 - v) * f[i + 1, j]
                 + (1 - u) * v * f[i, j + 1] + u * v * f[i + 1, j + 1])
 
+    def _interpolate3(self, name: str, x, y, z) -> np.ndarray:
+        if self.z is None or z is None:
+            raise TypeError(f"{self.field}: a {self.dim}D grid is interpolated at "
+                            f"{'x, y, z' if self.z is not None else 'x, y'} coordinates")
+        f = self._field_values(name)
+        q = np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in (x, y, z)))
+        b = self.bounds
+        t = OUTSIDE_TOLERANCE * max(b[1] - b[0], b[3] - b[2], b[5] - b[4])
+        inside = np.ones(q[0].shape, dtype=bool)
+        for a, c in enumerate(q):
+            inside &= (c >= b[2 * a] - t) & (c <= b[2 * a + 1] + t)
+        if not inside.all():
+            k = np.unravel_index(np.argmin(inside), inside.shape)
+            raise ConfigError(f"{self.field}: point ({q[0][k]:g}, {q[1][k]:g}, {q[2][k]:g}) "
+                              f"lies outside the grid x in [{b[0]:g}, {b[1]:g}], y in "
+                              f"[{b[2]:g}, {b[3]:g}], z in [{b[4]:g}, {b[5]:g}]")
+        (i, u), (j, v), (k, w) = (_locate(g, c) for g, c in zip(self.axes, q))
+        out = np.zeros(q[0].shape)
+        for di, wu in ((0, 1 - u), (1, u)):
+            for dj, wv in ((0, 1 - v), (1, v)):
+                for dk, ww in ((0, 1 - w), (1, w)):
+                    out += wu * wv * ww * f[i + di, j + dj, k + dk]
+        return out
+
 
 def _locate(grid: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cell index ``i`` in ``[0, n-2]`` and local coordinate ``t`` in [0, 1] of each ``q``
@@ -91,18 +140,25 @@ def _locate(grid: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return i, (qc - grid[i]) / (grid[i + 1] - grid[i])
 
 
-def read_gridded_model(path: str | os.PathLike, field: str = "model.file") -> GriddedModel:
+def read_gridded_model(path: str | os.PathLike, field: str = "model.file",
+                       dimension: int = 2) -> GriddedModel:
     """Read a gridded model file (HDF5, NetCDF4 or NetCDF3) into a GriddedModel.
 
     Each 2D variable over the dimensions of ``x`` and ``y`` becomes a field, transposed to
     ``(nx, ny)``. Dimension order comes from HDF5 dimension scales (NetCDF4) or NetCDF3
     dimension names; a dataset without dimension information (plain HDF5) is taken as
     ``(nx, ny)`` or ``(ny, nx)`` by its shape, and as ``(nx, ny)`` when ``nx == ny``.
+    With ``dimension=3`` the same holds for 3D variables over ``x``, ``y`` and ``z``: any
+    order of named dimensions, transposed to ``(nx, ny, nz)``; without dimension information
+    ``(nx, ny, nz)`` or ``(nz, ny, nx)`` by shape (the first when ``nx == nz``).
     A decreasing coordinate is flipped together with the data. CF ``scale_factor`` /
     ``add_offset`` are applied; ``_FillValue`` / ``missing_value`` entries count as missing.
     Errors (unknown format, missing or non-monotonic coordinate, NaN or missing values, no
-    field) raise ConfigError starting with ``field``.
+    field, a variable of more than ``MAX_VALUES`` values) raise ConfigError starting with
+    ``field``.
     """
+    if dimension not in AXES:
+        raise ValueError(f"dimension must be 2 or 3, got {dimension!r}")
     path = os.fspath(path)
     try:
         with open(path, "rb") as fh:
@@ -113,12 +169,12 @@ def read_gridded_model(path: str | os.PathLike, field: str = "model.file") -> Gr
         if head == HDF5_SIGNATURE or (head[:4] not in NETCDF3_SIGNATURES
                                       and h5py.is_hdf5(path)):  # also after a user block
             with h5py.File(path, "r") as f:
-                return _assemble(_hdf5_variables(f), path, field)
+                return _assemble(_hdf5_variables(f), path, field, dimension)
         if head[:4] in NETCDF3_SIGNATURES:
             import scipy.io  # only for NetCDF3 files
 
             with scipy.io.netcdf_file(path, "r", mmap=False) as f:
-                return _assemble(_netcdf3_variables(f), path, field)
+                return _assemble(_netcdf3_variables(f), path, field, dimension)
     except ConfigError:
         raise
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:  # corrupt file
@@ -197,7 +253,7 @@ def _coordinate(by_name: dict, axis: str, path: str, field: str) -> tuple[_Var, 
     return var, c
 
 
-def _assemble(variables: list[_Var], path: str, field: str) -> GriddedModel:
+def _assemble(variables: list[_Var], path: str, field: str, dimension: int = 2) -> GriddedModel:
     by_name: dict[str, _Var] = {}
     for v in variables:
         key = v.name.lower()
@@ -205,38 +261,41 @@ def _assemble(variables: list[_Var], path: str, field: str) -> GriddedModel:
             raise ConfigError(f"{field}: variables '{by_name[key].name}' and '{v.name}' in "
                               f"'{path}' differ only in case")
         by_name[key] = v
-    (xv, x), (yv, y) = (_coordinate(by_name, a, path, field) for a in ("x", "y"))
-    xdim = xv.dims[0] if xv.dims else xv.name
-    ydim = yv.dims[0] if yv.dims else yv.name
-    nx, ny = x.size, y.size
+    names = AXES[dimension]
+    coords = [_coordinate(by_name, a, path, field) for a in names]
+    axis_dims = tuple(v.dims[0] if v.dims else v.name for v, _ in coords)
+    axes = [c for _, c in coords]
+    sizes = tuple(c.size for c in axes)
+    over = f"({', '.join(names)})"
     fields = {}
     for key, v in by_name.items():
-        if len(v.shape) != 2 or not v.numeric:
+        if len(v.shape) != dimension or not v.numeric:
             continue
         if v.dims is not None:
-            if set(v.dims) != {xdim, ydim} or xdim == ydim:
+            if set(v.dims) != set(axis_dims) or len(set(axis_dims)) != dimension:
                 continue  # over other dimensions: not a model field
-            transpose = v.dims[0] == ydim
-        elif tuple(v.shape) == (nx, ny):
-            transpose = False
-        elif tuple(v.shape) == (ny, nx):
-            transpose = True
+            order = tuple(v.dims.index(d) for d in axis_dims)
+        elif tuple(v.shape) == sizes:
+            order = tuple(range(dimension))
+        elif tuple(v.shape) == sizes[::-1]:
+            order = tuple(range(dimension))[::-1]
         else:
             continue
         data = _values(v, path, field)
-        data = data.T if transpose else data
-        if data.shape != (nx, ny):
+        data = np.transpose(data, order)
+        if data.shape != sizes:
             raise ConfigError(f"{field}: variable '{v.name}' in '{path}' has shape "
-                              f"{data.shape} over (x, y), expected ({nx}, {ny})")
+                              f"{data.shape} over {over}, expected {sizes}")
         fields[key] = data
     if not fields:
-        raise ConfigError(f"{field}: no 2D variable over (x, y) in '{path}'")
-    if x[0] > x[-1]:
-        x, fields = x[::-1], {k: f[::-1, :] for k, f in fields.items()}
-    if y[0] > y[-1]:
-        y, fields = y[::-1], {k: f[:, ::-1] for k, f in fields.items()}
-    arrays = [np.ascontiguousarray(a) for a in (x, y)]
+        raise ConfigError(f"{field}: no {dimension}D variable over {over} in '{path}'")
+    for a, c in enumerate(axes):
+        if c[0] > c[-1]:
+            axes[a] = c[::-1]
+            fields = {k: np.flip(f, axis=a) for k, f in fields.items()}
+    arrays = [np.ascontiguousarray(a) for a in axes]
     fields = {k: np.ascontiguousarray(f) for k, f in fields.items()}
     for a in (*arrays, *fields.values()):
         a.flags.writeable = False
-    return GriddedModel(arrays[0], arrays[1], fields, field)
+    return GriddedModel(arrays[0], arrays[1], fields, field,
+                        arrays[2] if dimension == 3 else None)
