@@ -1,15 +1,19 @@
 """Serial writers and readers of fwimpi's file contract (DESIGN.md, "Files").
 
-Mesh results: HDF5 with ``/mesh/points (P, 2)``, ``/mesh/cells (E, (N+1)**2)``,
-``/mesh/quads (E*N*N, 4)``, ``/mesh/mass (P,)`` and ``/fields/<NAME> (P,)``, plus an XDMF 3
-sidecar that ParaView opens. Receivers: one HDF5 file per event file, ``/<event>/<field>
-(R, S)``, ``/<event>/coordinates (R, 2)``, ``/<event>/stations (R,)``. Every writer is atomic:
+Mesh results: HDF5 with ``/mesh/points (P, d)``, ``/mesh/cells (E, (N+1)**d)``, the linear
+sub-cells for viewers (2D: ``/mesh/quads (E*N*N, 4)``; 3D: ``/mesh/hexes (E*N**3, 8)``),
+``/mesh/mass (P,)`` and ``/fields/<NAME> (P,)``, plus an XDMF 3 sidecar that ParaView opens;
+the dimension d (2 or 3) is that of the points, and the order N follows from the cells and
+d (``(N+1)**2`` and ``(N+1)**3`` coincide for some N: 64 = 8**2 = 4**3). Receivers: one HDF5
+file per event file, ``/<event>/<field> (R, S)``, ``/<event>/coordinates (R, d)``,
+``/<event>/stations (R,)``. Every writer is atomic:
 it writes ``.<name>.fwimpi-tmp<pid>`` beside the target and renames it only on success.
 
 Layout pieces (``mesh_layout``, ``encode_attrs``, ``xdmf_text``, ``temp_path``) are separate so
 the rank-parallel writers can create the same datasets collectively and write their slices.
-Spectral elements: local node ``a = i + (N+1)*j`` with ``i`` along x, ``j`` along y,
-elements counterclockwise. Units are SI (metres, seconds) throughout.
+Spectral elements: local node ``a = i + (N+1)*j`` (2D) or ``a = i + (N+1)*j + (N+1)**2*k``
+(3D) with ``i`` along x, ``j`` along y, ``k`` along z; 2D elements counterclockwise, sub-cells
+in VTK/XDMF node order. Units are SI (metres, seconds) throughout.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from xml.sax.saxutils import escape, quoteattr
 
 import h5py
@@ -144,16 +149,27 @@ def _array(what: str, value, shape: tuple[int, ...], dtype) -> np.ndarray:
     return arr
 
 
-def order_from_cells(cells: np.ndarray) -> int:
-    """GLL order N of ``cells (E, (N+1)**2)``."""
+def order_from_cells(cells: np.ndarray, dim: int = 2) -> int:
+    """GLL order N of ``cells (E, (N+1)**dim)`` (``dim`` 2 or 3: the points' dimension)."""
+    if dim not in (2, 3):
+        raise FileFormatError(f"points: expected 2 or 3 coordinates per point, got {dim}")
     k = np.shape(cells)[1] if np.ndim(cells) == 2 else 0
-    n = math.isqrt(k) - 1
-    if n < 1 or (n + 1) ** 2 != k:
+    n = round(k ** (1.0 / dim)) - 1
+    if n < 1 or (n + 1) ** dim != k:
         raise FileFormatError(
-            "cells: expected shape (n_elements, (order+1)**2) with order >= 1, "
+            f"cells: expected shape (n_elements, (order+1)**{dim}) with order >= 1, "
             f"got {np.shape(cells)}"
         )
     return n
+
+
+def points_dim(points: np.ndarray) -> int:
+    """Dimension of ``points (P, d)``, d 2 or 3; FileFormatError otherwise."""
+    shape = np.shape(points)
+    if len(shape) != 2 or shape[1] not in (2, 3):
+        raise FileFormatError(f"points: expected shape (n_points, 2) or (n_points, 3), "
+                              f"got {shape}")
+    return shape[1]
 
 
 def encode_attrs(attrs: Mapping, reserved: tuple[str, ...] = ()) -> dict:
@@ -216,14 +232,41 @@ def quads_from_cells(cells: np.ndarray, order: int) -> np.ndarray:
     return np.asarray(cells, dtype=np.int64)[:, local].reshape(-1, 4)
 
 
+def hexes_from_cells(cells: np.ndarray, order: int) -> np.ndarray:
+    """Linear sub-hexahedra ``(E*N**3, 8)`` int64 of spectral elements ``cells (E, (N+1)**3)``.
+
+    VTK/XDMF hexahedron node order: the bottom face (i,j,k), (i+1,j,k), (i+1,j+1,k),
+    (i,j+1,k), then the same four at k+1; element-major, then k, then j, then i.
+    """
+    n1 = order + 1
+    k, j, i = np.meshgrid(np.arange(order), np.arange(order), np.arange(order), indexing="ij")
+    base = (i + n1 * j + n1 * n1 * k).ravel()
+    face = np.array([0, 1, n1 + 1, n1])
+    local = base[:, None] + np.concatenate([face, face + n1 * n1])
+    return np.asarray(cells, dtype=np.int64)[:, local].reshape(-1, 8)
+
+
+#: The linear sub-cells of each dimension: dataset, nodes per cell, XDMF topology, meshio type.
+_SUBCELLS = MappingProxyType({2: ("mesh/quads", 4, "Quadrilateral", "quad"),
+                              3: ("mesh/hexes", 8, "Hexahedron", "hexahedron")})
+
+
+def linear_cells(cells: np.ndarray, order: int, dim: int) -> np.ndarray:
+    """The linear sub-cells of ``cells``: ``quads_from_cells`` (2D) or ``hexes_from_cells``
+    (3D)."""
+    return (quads_from_cells if dim == 2 else hexes_from_cells)(cells, order)
+
+
 def mesh_layout(
-    n_points: int, n_elements: int, order: int, field_names
+    n_points: int, n_elements: int, order: int, field_names, dim: int = 2
 ) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Dataset path -> (shape, dtype) of a mesh file; every rank creates these alike."""
+    """Dataset path -> (shape, dtype) of a mesh file of dimension ``dim``; every rank creates
+    these alike."""
+    name, nodes, _, _ = _SUBCELLS[dim]
     layout = {
-        "mesh/points": ((n_points, 2), "f8"),
-        "mesh/cells": ((n_elements, (order + 1) ** 2), "i8"),
-        "mesh/quads": ((n_elements * order * order, 4), "i8"),
+        "mesh/points": ((n_points, dim), "f8"),
+        "mesh/cells": ((n_elements, (order + 1) ** dim), "i8"),
+        name: ((n_elements * order ** dim, nodes), "i8"),
         "mesh/mass": ((n_points,), "f8"),
     }
     layout.update({f"fields/{check_name('field', n)}": ((n_points,), "f8") for n in field_names})
@@ -233,12 +276,11 @@ def mesh_layout(
 def _check_mesh(points, cells, mass, fields: Mapping) -> tuple[dict[str, np.ndarray], int]:
     """Validated arrays keyed by dataset path (see ``mesh_layout``) and the order."""
     points = np.asarray(points)
-    if points.ndim != 2 or points.shape[1] != 2:
-        raise FileFormatError(f"points: expected shape (n_points, 2), got {points.shape}")
-    order = order_from_cells(cells)
+    dim = points_dim(points)
+    order = order_from_cells(cells, dim)
     if "mass" in fields:
         raise FileFormatError("field name 'mass': reserved for /mesh/mass, rename the field")
-    layout = mesh_layout(len(points), len(cells), order, fields)
+    layout = mesh_layout(len(points), len(cells), order, fields, dim)
     given = {"mesh/points": points, "mesh/cells": cells, "mesh/mass": mass}
     given.update({f"fields/{k}": v for k, v in fields.items()})
     data = {k: _array(f"/{k}", given[k], *layout[k]) for k in given}
@@ -247,12 +289,15 @@ def _check_mesh(points, cells, mass, fields: Mapping) -> tuple[dict[str, np.ndar
         raise FileFormatError(
             f"/mesh/cells: indices must lie in [0, {len(points)}), got {c.min()}..{c.max()}"
         )
-    data["mesh/quads"] = quads_from_cells(c, order)
+    data[_SUBCELLS[dim][0]] = linear_cells(c, order, dim)
     return data, order
 
 
-def xdmf_text(h5_name: str, n_points: int, n_quads: int, field_names) -> str:
-    """XDMF 3 sidecar for a mesh file named ``h5_name`` (relative, so the pair can move)."""
+def xdmf_text(h5_name: str, n_points: int, n_quads: int, field_names, dim: int = 2) -> str:
+    """XDMF 3 sidecar for a mesh file named ``h5_name`` (relative, so the pair can move) of
+    dimension ``dim``: ``n_quads`` linear sub-cells (quadrilaterals in 2D, hexahedra in 3D)
+    on ``n_points`` points (geometry XY or XYZ)."""
+    dataset, nodes, topology, _ = _SUBCELLS[dim]
 
     def item(dataset: str, dims: str, number_type: str) -> str:
         return (
@@ -267,11 +312,11 @@ def xdmf_text(h5_name: str, n_points: int, n_quads: int, field_names) -> str:
         '<Xdmf Version="3.0" xmlns:xi="http://www.w3.org/2001/XInclude">',
         "  <Domain>",
         '    <Grid Name="mesh" GridType="Uniform">',
-        f'      <Topology TopologyType="Quadrilateral" NumberOfElements="{n_quads}">',
-        f"        {item('/mesh/quads', f'{n_quads} 4', 'Int')}",
+        f'      <Topology TopologyType="{topology}" NumberOfElements="{n_quads}">',
+        f"        {item('/' + dataset, f'{n_quads} {nodes}', 'Int')}",
         "      </Topology>",
-        '      <Geometry GeometryType="XY">',
-        f"        {item('/mesh/points', f'{n_points} 2', 'Float')}",
+        f'      <Geometry GeometryType="{"XYZ"[:dim]}">',
+        f"        {item('/mesh/points', f'{n_points} {dim}', 'Float')}",
         "      </Geometry>",
     ]
     for name, dataset in attributes:
@@ -294,14 +339,16 @@ def write_mesh_h5(
 ) -> None:
     """Write a mesh file and its ``.xdmf`` sidecar, both atomically.
 
-    points (P, 2) m, cells (E, (N+1)**2) int, mass (P,) quadrature weights (m^2),
-    fields name -> (P,). ``attrs`` become root attributes (dicts/lists as JSON strings),
+    points (P, d) m (d = 2 or 3), cells (E, (N+1)**d) int, mass (P,) quadrature weights
+    (m^d), fields name -> (P,). ``attrs`` become root attributes (dicts/lists as JSON strings),
     plus ``order`` and ``format = "fwimpi-mesh-1"``.
     """
     path = Path(path)
     data, order = _check_mesh(points, cells, mass, fields)
     root = encode_attrs(attrs, _MESH_RESERVED) | {"order": order, "format": MESH_FORMAT}
-    text = xdmf_text(path.name, len(data["mesh/points"]), len(data["mesh/quads"]), fields)
+    dim = data["mesh/points"].shape[1]
+    text = xdmf_text(path.name, len(data["mesh/points"]), len(data[_SUBCELLS[dim][0]]),
+                     fields, dim)
     with atomic_path(path) as tmp_h5, atomic_path(path.with_suffix(".xdmf")) as tmp_xdmf:
         with h5py.File(tmp_h5, "w") as f:
             f.attrs.update(root)
@@ -313,8 +360,9 @@ def write_mesh_h5(
 
 @dataclass(frozen=True, eq=False)
 class MeshFile:
-    """Contents of a mesh file: points (P, 2), cells (E, (N+1)**2), mass (P,), fields name ->
-    (P,), attrs (the writer's ``attrs``, JSON decoded; ``format``/``order`` left out), order N."""
+    """Contents of a mesh file: points (P, d), cells (E, (N+1)**d), mass (P,), fields name ->
+    (P,), attrs (the writer's ``attrs``, JSON decoded; ``format``/``order`` left out), order N;
+    ``dim`` is d (2 or 3)."""
 
     points: np.ndarray
     cells: np.ndarray
@@ -322,6 +370,11 @@ class MeshFile:
     fields: dict[str, np.ndarray]
     attrs: dict
     order: int
+
+    @property
+    def dim(self) -> int:
+        """2 or 3: the points' dimension."""
+        return int(self.points.shape[1])
 
 
 def read_mesh_h5(path: str | os.PathLike) -> MeshFile:
@@ -339,7 +392,7 @@ def read_mesh_h5(path: str | os.PathLike) -> MeshFile:
             attrs=attrs,
             order=order,
         )
-    if order_from_cells(mesh.cells) != order:
+    if order_from_cells(mesh.cells, points_dim(mesh.points)) != order:
         raise FileFormatError(
             f"{path}: order attribute {order} does not match /mesh/cells {mesh.cells.shape}"
         )
@@ -354,17 +407,22 @@ def write_vtu(
     fields: Mapping[str, np.ndarray],
     mass: np.ndarray | None = None,
 ) -> None:
-    """Write a VTU (via meshio) of linear sub-quads; point data = fields (and ``mass``)."""
-    if order_from_cells(cells) != order:
+    """Write a VTU (via meshio) of linear sub-cells: quads of ``points (P, 2)`` (at z = 0) or
+    hexahedra of ``points (P, 3)``; point data = fields (and ``mass``)."""
+    dim = points_dim(points)
+    if order_from_cells(cells, dim) != order:
         raise FileFormatError(f"cells: shape {np.shape(cells)} does not match order {order}")
     data, _ = _check_mesh(points, cells, np.zeros(len(points)) if mass is None else mass, fields)
     point_data = {k.removeprefix("fields/"): v for k, v in data.items() if k.startswith("fields/")}
     if mass is not None:
         point_data["mass"] = data["mesh/mass"]
-    xyz = np.column_stack([data["mesh/points"], np.zeros(len(data["mesh/points"]))])
+    xyz = data["mesh/points"]
+    if dim == 2:
+        xyz = np.column_stack([xyz, np.zeros(len(xyz))])
     import meshio  # only for VTU: not in every rank's start-up
 
-    mesh = meshio.Mesh(xyz, [("quad", data["mesh/quads"])], point_data=point_data)
+    dataset, _, _, kind = _SUBCELLS[dim]
+    mesh = meshio.Mesh(xyz, [(kind, data[dataset])], point_data=point_data)
     with atomic_path(path) as tmp:
         meshio.write(tmp, mesh, file_format="vtu")
 
@@ -374,7 +432,7 @@ def write_vtu(
 
 @dataclass(frozen=True, eq=False)
 class ReceiverData:
-    """One event's recordings: traces field -> (R, S), coordinates (R, 2) m, dt s,
+    """One event's recordings: traces field -> (R, S), coordinates (R, d) m (d = 2 or 3), dt s,
     start_time s (time of sample 0), stations (R,) names. Validated and converted on creation."""
 
     traces: dict[str, np.ndarray]
@@ -385,9 +443,10 @@ class ReceiverData:
 
     def __post_init__(self):
         coords = np.asarray(self.coordinates, dtype=np.float64)
-        if coords.ndim != 2 or coords.shape[1] != 2:
+        if coords.ndim != 2 or coords.shape[1] not in (2, 3):
             raise FileFormatError(
-                f"coordinates: expected shape (n_receivers, 2), got {coords.shape}"
+                f"coordinates: expected shape (n_receivers, 2) or (n_receivers, 3), got "
+                f"{coords.shape}"
             )
         stations = tuple(str(s) for s in self.stations)
         if len(stations) != len(coords):

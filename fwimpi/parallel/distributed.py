@@ -1,7 +1,8 @@
 """One mesh decomposed over the ranks of a communicator: the frame every distributed
 computation stands on.
 
-``DistributedMesh(comm, mesh)`` holds the decomposition, this rank's elements and local points
+``DistributedMesh(comm, mesh)`` (a 2D ``StructuredMesh`` or a 3D ``StructuredMesh3D``: the
+code is generic over ``mesh.dim``) holds the decomposition, this rank's elements and local points
 (owned first, then ghosts), their geometry and assembled quadrature weights, the halo exchange,
 the natural (file) order, reductions, gathers and rank-parallel files. Numerics take its arrays
 and its ``assemble``; they never see the communicator. It holds PETSc objects: ``destroy()``
@@ -12,6 +13,11 @@ them, or use it as a context manager.
 >>> with DistributedMesh(MPI.COMM_SELF, build_mesh(Box(0, 100, -50, 0), 0.0, 25.0, 2)) as dm:
 ...     dm.n_local, round(float(dm.weights.sum()), 6)
 (45, 5000.0)
+>>> from fwimpi.mesh.structured3d import Box3, build_mesh3d
+>>> with DistributedMesh(MPI.COMM_SELF, build_mesh3d(Box3(0, 300, 0, 200, -100, 0), 0.0,
+...                                                  100.0, 2)) as dm:
+...     dm.n_local, dm.ibool.shape, round(float(dm.weights.sum()), 6)
+(105, (6, 3, 3, 3), 6000000.0)
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ import numpy as np
 from mpi4py import MPI
 
 from ..errors import FwimpiError
-from ..mesh.structured import StructuredMesh
 from ..sem.geometry import point_weights
 from ..sem.operators import assembled_sum
 from ..sem.timestepper import PointSampling
@@ -37,14 +42,17 @@ from .petsc import HaloExchange, NaturalOrder
 class DistributedMesh:
     """Collective on comm: ``mesh`` decomposed over the ranks of ``comm``.
 
+    ``mesh`` is a ``StructuredMesh`` (2D) or ``StructuredMesh3D`` (3D); ``dim = mesh.dim``.
     Local arrays are ``(n_local,)`` over this rank's points in the order of ``points`` (natural
-    indices; owned first, then ghosts). ``ibool (E_local, n, n)`` indexes them per element
-    point; ``geometry`` is the local elements'; ``weights`` the assembled quadrature weights
-    ``w`` (lumped unit mass, m^2). Natural slices ``(hi - lo,)`` are this rank's contiguous
-    share ``natural_range`` of the natural point order: what files hold.
+    indices; owned first, then ghosts). ``ibool (E_local, n, n)`` in 2D, ``(E_local, n, n, n)``
+    in 3D (``n = order + 1``, ordered like ``mesh.ibool``) indexes them per element point;
+    ``geometry`` is the local elements'; ``coordinates (n_local, dim)`` (m); ``weights`` the
+    assembled quadrature weights ``w`` (lumped unit mass, m^dim). Natural slices ``(hi - lo,)``
+    are this rank's contiguous share ``natural_range`` of the natural point order: what files
+    hold.
     """
 
-    def __init__(self, comm, mesh: StructuredMesh):
+    def __init__(self, comm, mesh):
         self.comm, self.mesh = comm, mesh
         self.decomposition = decompose(mesh, comm.size)
         self.part = local_part(mesh, self.decomposition, comm.rank)
@@ -163,19 +171,20 @@ class DistributedMesh:
     # ------------------------------------------------------------------ points
 
     def point_sampling(self, xy: np.ndarray) -> tuple[np.ndarray, PointSampling]:
-        """Interpolation rows for points ``(Q, 2)`` (m) that fall in this rank's elements.
+        """Interpolation rows for points ``(Q, dim)`` (m) that fall in this rank's elements.
 
         Returns the indices ``(q,)`` of the points kept and their ``PointSampling`` over
-        local points. A point on an edge shared by subdomains belongs to the lowest-numbered
-        element, so exactly one rank keeps it.
+        local points (rows of ``(order+1)^dim`` indices and weights). A point on an edge or
+        face shared by subdomains belongs to the lowest-numbered element, so exactly one rank
+        keeps it.
         """
         mesh = self.mesh
-        xy = np.atleast_2d(np.asarray(xy, dtype=float)).reshape(-1, 2)
+        xy = np.atleast_2d(np.asarray(xy, dtype=float)).reshape(-1, mesh.dim)
         elem, ref = mesh.locate(xy)
         local = np.full(mesh.n_elements, -1)
         local[self.elements] = np.arange(len(self.elements))
         keep = np.flatnonzero(local[elem] >= 0)
-        idx = self.ibool[local[elem[keep]]].reshape(len(keep), (mesh.order + 1) ** 2)
+        idx = self.ibool[local[elem[keep]]].reshape(len(keep), (mesh.order + 1) ** mesh.dim)
         return keep, PointSampling(idx, point_weights(mesh.order, ref[keep]))
 
     def gather_rows(self, keep: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray | None:
@@ -206,8 +215,10 @@ class DistributedMesh:
 
     def write_fields(self, path: Path, fields: dict[str, np.ndarray], attrs: dict,
                      kernels: bool = False) -> None:
-        """Write a mesh file of ``fields`` (natural slices) atomically; ``kernels`` adds
-        ``<name>_kernel = field / w`` (gradients). Collective."""
+        """Write a mesh file of ``fields`` (natural slices ``(hi - lo,)``) atomically: points
+        ``(P, dim)``, cells ``(E, (order+1)^dim)``, sub-quads (2D) or sub-hexahedra (3D) and
+        the weights as ``/mesh/mass``; ``kernels`` adds ``<name>_kernel = field / w``
+        (gradients). Collective."""
         from ..mesh.files import with_kernels
         from .h5io import block_range, write_mesh_h5_collective
 
@@ -220,7 +231,7 @@ class DistributedMesh:
             self.comm, path, n_points=mesh.n_points, point_range=(lo, hi),
             points=mesh.points[lo:hi], mass=self.natural_weights, fields=fields,
             n_elements=mesh.n_elements, element_range=(elo, ehi), cells=mesh.cells[elo:ehi],
-            order=mesh.order, attrs=attrs)
+            order=mesh.order, attrs=attrs, dim=mesh.dim)
 
     def read_fields(self, path: Path) -> dict[str, np.ndarray]:
         """This rank's natural slices of a mesh file's fields (less derived kernels).

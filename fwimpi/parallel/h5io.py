@@ -1,10 +1,12 @@
 """Rank-parallel mesh files: the same bytes of content as ``fwimpi.mesh.files.write_mesh_h5``.
 
-Files hold points in the natural (mesh) order. Each rank owns a contiguous slice of points
-``[lo, hi)`` and of elements ``[elo, ehi)``; the slices tile the ranges in rank order and may be
-empty. Every rank opens the file with ``driver="mpio"`` and creates the same datasets
-(collective metadata); each writes or reads its own rows with independent transfers, so that
-no rank ever waits inside HDF5 for a rank whose transfer failed.
+Files hold points in the natural (mesh) order, in 2D (points ``(P, 2)``, sub-quads) and in
+3D (points ``(P, 3)``, cells ``(E, (N+1)**3)``, sub-hexahedra ``/mesh/hexes``) alike. Each
+rank owns a contiguous slice of points ``[lo, hi)`` and of elements ``[elo, ehi)``; the slices
+tile the ranges in rank order and may be empty. Every rank opens the file with
+``driver="mpio"`` and creates the same datasets (collective metadata); each writes or reads its
+own rows with independent transfers, so that no rank ever waits inside HDF5 for a rank whose
+transfer failed.
 
 Failure never deadlocks:
 
@@ -39,8 +41,9 @@ from fwimpi.mesh.files import (
     atomic_path,
     decode_attrs,
     encode_attrs,
+    _SUBCELLS,
+    linear_cells,
     mesh_layout,
-    quads_from_cells,
     temp_path,
     xdmf_text,
 )
@@ -115,11 +118,14 @@ def _rows(what: str, value, shape: tuple[int, ...], dtype) -> np.ndarray:
     return arr
 
 
-def _local_slices(comm, n_points, ranges, points, mass, fields, n_elements, cells, order, attrs):
+def _local_slices(comm, n_points, ranges, points, mass, fields, n_elements, cells, order, attrs,
+                  dim):
     """Validated ``dataset -> (first row, rows)`` of this rank, layout and root attributes."""
     _check_driver(comm)
     if not (isinstance(order, (int, np.integer)) and order >= 1):
         raise FileFormatError(f"order: must be an integer >= 1, got {order!r}")
+    if dim not in (2, 3):
+        raise FileFormatError(f"dim: must be 2 or 3, got {dim!r}")
     (lo, hi), (elo, ehi) = ranges
     if not (0 <= lo <= hi <= n_points and 0 <= elo <= ehi <= n_elements):
         raise FileFormatError(
@@ -128,17 +134,17 @@ def _local_slices(comm, n_points, ranges, points, mass, fields, n_elements, cell
         )
     if "mass" in fields:
         raise FileFormatError("field name 'mass': reserved for /mesh/mass, rename the field")
-    layout = mesh_layout(n_points, n_elements, order, fields)  # checks field names
+    layout = mesh_layout(n_points, n_elements, order, fields, dim)  # checks field names
     np_, ne = hi - lo, ehi - elo
-    cells = _rows("/mesh/cells", cells, (ne, (order + 1) ** 2), np.int64)
+    cells = _rows("/mesh/cells", cells, (ne, (order + 1) ** dim), np.int64)
     if cells.size and (cells.min() < 0 or cells.max() >= n_points):
         raise FileFormatError(
             f"/mesh/cells: indices must lie in [0, {n_points}), got {cells.min()}..{cells.max()}"
         )
     slices = {
-        "mesh/points": (lo, _rows("/mesh/points", points, (np_, 2), np.float64)),
+        "mesh/points": (lo, _rows("/mesh/points", points, (np_, dim), np.float64)),
         "mesh/cells": (elo, cells),
-        "mesh/quads": (elo * order * order, quads_from_cells(cells, order)),
+        _SUBCELLS[dim][0]: (elo * order ** dim, linear_cells(cells, order, dim)),
         "mesh/mass": (lo, _rows("/mesh/mass", mass, (np_,), np.float64)),
     }
     for name, value in fields.items():
@@ -162,14 +168,16 @@ def write_mesh_h5_collective(
     cells: np.ndarray,
     order: int,
     attrs: Mapping,
+    dim: int | None = None,
 ) -> None:
     """Write a mesh file and its ``.xdmf`` sidecar from slices, atomically. Collective on comm.
 
     Same file as ``write_mesh_h5`` of the gathered arrays, whatever the number of ranks, plus
-    the root attribute ``nprocs = comm.size``. This rank gives points ``(hi-lo, 2)``, mass and
-    each field ``(hi-lo,)`` for ``point_range = (lo, hi)``, and cells ``(ehi-elo, (order+1)**2)``
-    int global point indices for ``element_range = (elo, ehi)``. All ranks pass the same
-    ``n_points``, ``n_elements``, ``order``, field names (same order) and ``attrs``.
+    the root attribute ``nprocs = comm.size``. This rank gives points ``(hi-lo, dim)``, mass
+    and each field ``(hi-lo,)`` for ``point_range = (lo, hi)``, and cells
+    ``(ehi-elo, (order+1)**dim)`` int global point indices for ``element_range = (elo, ehi)``;
+    ``dim`` (2 or 3) defaults to the columns of ``points``. All ranks pass the same
+    ``n_points``, ``n_elements``, ``order``, ``dim``, field names (same order) and ``attrs``.
     Raises FileFormatError on every rank if any rank's input is wrong (nothing is written),
     CollectiveIOError on every rank if writing failed (no target, temporary file removed).
     """
@@ -178,9 +186,11 @@ def write_mesh_h5_collective(
     error = header = None
     try:
         ranges = (tuple(map(int, point_range)), tuple(map(int, element_range)))
+        if dim is None:
+            dim = np.shape(points)[1] if np.ndim(points) == 2 else None
         slices, layout, root = _local_slices(comm, n_points, ranges, points, mass, fields,
-                                             n_elements, cells, order, attrs)
-        header = repr((int(n_points), int(n_elements), int(order), list(fields),
+                                             n_elements, cells, order, attrs, dim)
+        header = repr((int(n_points), int(n_elements), int(order), int(dim), list(fields),
                        sorted(root.items())))
         if comm.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,8 +203,8 @@ def write_mesh_h5_collective(
             _check_tiling("element_range", [g[0][1] for g in gathered], n_elements)
             if len({g[1] for g in gathered}) > 1:
                 raise FileFormatError(
-                    "n_points, n_elements, order, field names (in order) and attrs must be the "
-                    f"same on every rank; per rank: {[g[1] for g in gathered]}"
+                    "n_points, n_elements, order, dim, field names (in order) and attrs must "
+                    f"be the same on every rank; per rank: {[g[1] for g in gathered]}"
                 )
         except FileFormatError as exc:
             error = exc
@@ -237,7 +247,7 @@ def write_mesh_h5_collective(
         raise
     if comm.rank == 0:
         try:
-            text = xdmf_text(path.name, n_points, n_elements * order * order, fields)
+            text = xdmf_text(path.name, n_points, n_elements * order ** dim, fields, dim)
             with atomic_path(path.with_suffix(".xdmf")) as tmp_xdmf:
                 tmp_xdmf.write_text(text, encoding="utf-8")
             os.replace(tmp, path)
