@@ -1,7 +1,8 @@
 """Root-only, pure steps after the gradients: each event's raw gradient mapped into the
 inversion space (with that event's cutouts) and summed, and the smoothing of a mapped
 gradient. Arrays in, arrays out (the contract mesh layout: ``points (P, 2)``, ``cells (E,
-(N+1)^2)``, ``mass (P,)``); the job layer reads and writes the files around them."""
+(N+1)^2)`` in 2D, ``points (P, 3)``, ``cells (E, (N+1)^3)`` in 3D, ``mass (P,)``); the job
+layer reads and writes the files around them."""
 
 from __future__ import annotations
 

@@ -2,10 +2,11 @@
 
 Root-only and pure. A point ``x`` is a flat ``(n_parameters * n,)`` vector of the mapping's
 inversion parameters at the ``n`` points of the inversion mesh: the simulation mesh's points
-(the default) or the GLL points of a coarser mesh of the domain (order 1: bilinear, so that
-interpolation is a convex combination). With a coarse mesh, ``P (P_sim, n)`` interpolates to
-the simulation mesh (a point in a margin takes the value at the nearest point of the domain)
-and the gradient uses ``P^T``: the exact transpose (a dot-product test checks it).
+(the default) or the GLL points of a coarser mesh of the domain (order 1: bilinear quads in
+2D, trilinear hexahedra in 3D, so that interpolation is a convex combination). With a coarse
+mesh, ``P (P_sim, n)`` interpolates to the simulation mesh (a point in a margin takes the
+value at the nearest point of the domain) and the gradient uses ``P^T``: the exact transpose
+(a dot-product test checks it).
 
     model(x)    = mapping.forward(P x, prior)
     gradient(g) = P^T sum_e mapping.adjoint(g_e, prior, points, event e, at P x)
@@ -25,8 +26,10 @@ import scipy.sparse
 
 from ..errors import FwimpiError
 from ..mesh.structured import StructuredMesh, build_mesh
+from ..mesh.structured3d import Box3, StructuredMesh3D, build_mesh3d
 from ..sem.acquisition import Event
 from ..sem.geometry import point_weights
+from ..sem.gll import gll_points_weights, lagrange_basis
 from ..sem.operators import assembled_sum
 from .mapping import EventGeometry, Mapping
 from .smoothing import ConstantSmoothing
@@ -36,13 +39,33 @@ class SpaceError(FwimpiError, ValueError):
     """An inversion space that cannot be built (bounds that exclude the prior, say)."""
 
 
-def interpolation_matrix(coarse: StructuredMesh, points: np.ndarray) -> scipy.sparse.csr_matrix:
-    """``P (Q, n_coarse)``: the coarse mesh's field at ``points (Q, 2)`` (clamped into its
-    domain), by Lagrange interpolation in the element holding each point."""
-    xy = coarse.domain.clamp(np.asarray(points, dtype=float))
+def _tensor_weights(order: int, ref: np.ndarray) -> np.ndarray:
+    """Lagrange weights ``(Q, n^d)`` of reference points ``ref (Q, d)``: column ``a = i + n j
+    (+ n^2 k)`` holds ``l_i(xi) l_j(eta) (l_k(zeta))``, the order of ``cells``. 2D is
+    ``point_weights``."""
+    if ref.shape[1] == 2:
+        return point_weights(order, ref)
+    nodes, _ = gll_points_weights(order)
+    out = lagrange_basis(nodes, ref[:, 0])
+    for a in range(1, ref.shape[1]):
+        out = (lagrange_basis(nodes, ref[:, a])[:, :, None] * out[:, None, :]).reshape(
+            len(ref), -1)
+    return out
+
+
+def interpolation_matrix(coarse: StructuredMesh | StructuredMesh3D,
+                         points: np.ndarray) -> scipy.sparse.csr_matrix:
+    """``P (Q, n_coarse)``: the coarse mesh's field at ``points (Q, d)`` (``d = coarse.dim``;
+    clamped into its domain), by Lagrange interpolation in the element holding each point
+    (bilinear, trilinear at order 1)."""
+    points = np.asarray(points, dtype=float)
+    if points.ndim != 2 or points.shape[1] != coarse.dim:
+        raise SpaceError(f"inversion.mesh_element_size_in_meters: a {coarse.dim}D inversion "
+                         f"mesh for points of shape {points.shape}")
+    xy = coarse.domain.clamp(points)
     elements, ref = coarse.locate(xy)
     cols = coarse.ibool(elements).reshape(len(xy), -1)
-    vals = point_weights(coarse.order, ref)
+    vals = _tensor_weights(coarse.order, ref)
     rows = np.repeat(np.arange(len(xy)), cols.shape[1])
     m = scipy.sparse.csr_matrix((vals.ravel(), (rows, cols.ravel())),
                                 shape=(len(xy), coarse.n_points))
@@ -51,16 +74,17 @@ def interpolation_matrix(coarse: StructuredMesh, points: np.ndarray) -> scipy.sp
 
 
 class InversionSpace:
-    """Root-only: ``mapping``'s inversion space on the simulation mesh (``points (P, 2)``,
-    ``cells``, ``mass (P,)``, ``order``) or on ``coarse``; ``prior`` ``{parameter: (P,)}``;
-    ``events`` (their cutouts); ``bounds`` ``{parameter: (lo, hi)}`` on the simulation model;
-    ``smoothing`` the preconditioner (None: the identity)."""
+    """Root-only: ``mapping``'s inversion space on the simulation mesh (``points (P, 2)`` or
+    ``(P, 3)``, ``cells``, ``mass (P,)``, ``order``) or on ``coarse`` (an order-1
+    ``StructuredMesh`` or ``StructuredMesh3D`` of the domain, ``coarse_mesh``); ``prior``
+    ``{parameter: (P,)}``; ``events`` (their cutouts); ``bounds`` ``{parameter: (lo, hi)}``
+    on the simulation model; ``smoothing`` the preconditioner (None: the identity)."""
 
     def __init__(self, mapping: Mapping, prior: MappingABC[str, np.ndarray], points: np.ndarray,
                  cells: np.ndarray, mass: np.ndarray, order: int, events: Sequence[Event],
                  bounds: MappingABC[str, tuple[float, float]] | None = None,
                  smoothing: ConstantSmoothing | None = None,
-                 coarse: StructuredMesh | None = None):
+                 coarse: StructuredMesh | StructuredMesh3D | None = None):
         self.mapping, self.events = mapping, tuple(events)
         self.prior = {k: np.asarray(v, float) for k, v in prior.items()}
         self.points = np.asarray(points, float)
@@ -189,7 +213,9 @@ class InversionSpace:
         return lo_c, hi_c
 
 
-def coarse_mesh(domain, element_size: float) -> StructuredMesh:
+def coarse_mesh(domain, element_size: float) -> StructuredMesh | StructuredMesh3D:
     """An order-1 mesh of ``domain`` alone (no margins) with elements of at most
-    ``element_size`` metres."""
+    ``element_size`` metres: quads for a ``Box``, hexahedra for a ``Box3``."""
+    if isinstance(domain, Box3):
+        return build_mesh3d(domain, 0.0, element_size, 1)
     return build_mesh(domain, 0.0, element_size, 1)
