@@ -5,9 +5,16 @@ Gradients are shown as kernels ``gradient / mass`` (DESIGN.md), so the GLL quadr
 weights do not print a pattern, with a symmetric colour scale, optionally clipped at a
 fraction of the maximum amplitude and cropped to the physical domain (as the tutorial's
 ``visualize_gradient``: the maximum is taken inside the domain).
+
+A 3D field (points ``(P, 3)``, z up) is drawn as three slices through the first source (the
+domain's middle without one): a vertical x-z slice at its y, a vertical y-z slice at its x
+and a horizontal x-y slice at its z, each interpolated linearly between the two nearest
+planes of the structured mesh's GLL grid (``TensorGrid``), with the same colour scaling,
+cropping and settings as in 2D. Receivers with three coordinates are placed along their line.
 """
 
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +77,8 @@ def plot_field(path: Path, out: Path, field: str | None = None, clip: float | No
         values = mesh.fields[name].copy()
     else:
         values = mesh.fields[name] / mesh.mass if gradient else mesh.fields[name].copy()
+    if mesh.points.shape[1] == 3:
+        return _plot_field3d(path, out, mesh, name, values, gradient, clip, crop)
     box = _domain(mesh.attrs) if crop else None
     points = mesh.points
     inside, triangles = _cropped(points, mesh.cells, mesh.order, box)
@@ -91,17 +100,23 @@ def plot_field(path: Path, out: Path, field: str | None = None, clip: float | No
     ax.set_aspect("equal")
     ax.set_xlabel("x (m)")
     ax.set_ylabel("y (m)")
-    title = f"{path.name}: {kind or 'field'} {name}" + (f", clipped at {clip:g}" if clip else "")
-    settings = _settings(mesh.attrs)
-    if settings:
-        title += "\n" + textwrap.fill(settings, 90, break_long_words=False)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(_field_title(path, mesh.attrs, name, clip), fontsize=9)
     if _markers(ax, mesh.attrs):
         ax.legend(loc="lower right", fontsize=7, framealpha=0.8)
     if box is not None:
         ax.set_xlim(box[0], box[1])
         ax.set_ylim(box[2], box[3])
     return _save(fig, plt, out)
+
+
+def _field_title(path: Path, attrs: dict, name: str, clip: float | None) -> str:
+    """The file, kind, field and clip level, with the mapping's settings below."""
+    kind = str(attrs.get("kind", ""))
+    title = f"{path.name}: {kind or 'field'} {name}" + (f", clipped at {clip:g}" if clip else "")
+    settings = _settings(attrs)
+    if settings:
+        title += "\n" + textwrap.fill(settings, 90, break_long_words=False)
+    return title
 
 
 def _events(attrs: dict) -> list[dict]:
@@ -154,6 +169,284 @@ def _settings(attrs: dict) -> str:
         parts.append("smoothed " + ", ".join(f"{k} {v} m" for k, v in lengths.items()))
     line = "; ".join(parts)
     return line if len(line) <= 300 else line[:297] + "..."
+
+
+# --------------------------------------------------------------------------- 3D slices
+
+#: The slices of a 3D field: (name, horizontal axis, vertical axis, normal axis), axes
+#: 0, 1, 2 being x, y, z (z up). Drawn as an orthographic layout: x-z above x-y (sharing x),
+#: y-z beside x-z (sharing z).
+SLICES = (("x-z", 0, 2, 1), ("y-z", 1, 2, 0), ("x-y", 0, 1, 2))
+
+
+@dataclass(frozen=True, eq=False)
+class TensorGrid:
+    """The GLL points ``(P, 3)`` of a structured 3D mesh as the tensor grid they form:
+    ``axes`` the increasing coordinates (m) along x, y and z, ``index (P,)`` each point's
+    place in the grid's volume ``(nz, ny, nx)`` (C order, x fastest)."""
+
+    axes: tuple[np.ndarray, np.ndarray, np.ndarray]
+    index: np.ndarray
+
+    @classmethod
+    def of(cls, points: np.ndarray) -> "TensorGrid":
+        """The grid of ``points (P, 3)``; ConfigError when they do not form one (coordinates
+        equal to 1e-9 of the extent count as one plane)."""
+        points = np.asarray(points, dtype=float)
+        if points.ndim != 2 or points.shape[1] != 3 or not len(points):
+            raise ConfigError(f"points: expected shape (n_points, 3), got {points.shape}")
+        tol = 1e-9 * (float(np.ptp(points, axis=0).max()) or 1.0)
+        axes, indices = [], []
+        for c in points.T:
+            u = np.unique(c)
+            a = u[np.concatenate(([True], np.diff(u) > tol))]
+            axes.append(a)
+            indices.append(np.clip(np.searchsorted(a, c + tol, side="right") - 1, 0, len(a) - 1))
+        nx, ny, nz = (len(a) for a in axes)
+        index = indices[0] + nx * (indices[1] + ny * indices[2])
+        if nx * ny * nz != len(points) or len(np.unique(index)) != len(points):
+            raise ConfigError(f"the {len(points)} mesh points do not form a tensor grid "
+                              f"({nx} x {ny} x {nz} planes): not a structured 3D mesh")
+        return cls(tuple(axes), index)
+
+    def volume(self, values: np.ndarray) -> np.ndarray:
+        """Point values ``(P,)`` as the grid's volume ``(nz, ny, nx)``."""
+        out = np.empty(len(self.index), dtype=float)
+        out[self.index] = values
+        return out.reshape([len(a) for a in self.axes[::-1]])
+
+    def slice(self, volume: np.ndarray, normal: int, position: float) -> tuple[np.ndarray, float]:
+        """The plane of ``volume (nz, ny, nx)`` normal to axis ``normal`` (0 x, 1 y, 2 z) at
+        ``position`` (m, held to the grid), linear between the two nearest grid planes (the
+        plane itself when on one): ``(values (nv, nh), position)`` with ``h`` the lower of
+        the plane's two axes, ``v`` the higher (``SLICES``)."""
+        a = self.axes[normal]
+        s = float(np.clip(position, a[0], a[-1]))
+        if len(a) == 1:
+            return np.take(volume, 0, axis=2 - normal), s
+        k = int(np.clip(np.searchsorted(a, s, side="right") - 1, 0, len(a) - 2))
+        w = (s - a[k]) / (a[k + 1] - a[k])
+        lower, upper = (np.take(volume, j, axis=2 - normal) for j in (k, k + 1))
+        if w <= 0.0:
+            return lower.copy(), s
+        if w >= 1.0:
+            return upper.copy(), s
+        return (1.0 - w) * lower + w * upper, s
+
+
+def slice_field(points: np.ndarray, values: np.ndarray, normal: int,
+                position: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The slice of the field ``values (P,)`` on the tensor-grid points ``(P, 3)`` normal to
+    axis ``normal`` (0 x, 1 y, 2 z) at ``position`` (m): ``(h (nh,), v (nv,), plane (nv, nh),
+    position)``, ``h`` and ``v`` the grid coordinates of the plane's axes (x, z for a y
+    slice; y, z for an x slice; x, y for a z slice)."""
+    grid = TensorGrid.of(points)
+    plane, s = grid.slice(grid.volume(values), normal, position)
+    h, v = (axis for axis in range(3) if axis != normal)
+    return grid.axes[h], grid.axes[v], plane, s
+
+
+def _domain3d(attrs: dict) -> tuple[float, ...] | None:
+    """``(x0, x1, y0, y1, z0, z1)`` of a 3D file: its job spec's domain, else its mesh's."""
+    spec = attrs.get("job_spec")
+    domain = spec.get("domain") if isinstance(spec, dict) else None
+    if isinstance(domain, dict) and all(a in domain for a in "xyz"):
+        return tuple(float(v) for a in "xyz" for v in domain[a])
+    mesh = attrs.get("mesh")
+    if isinstance(mesh, dict) and mesh.get("dimension") == 3 and len(mesh.get("domain", ())) == 6:
+        return tuple(float(v) for v in mesh["domain"])
+    return None
+
+
+def _sites3d(attrs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Sources ``(S, 3)`` and receivers ``(R, 3)`` of the file's events (m)."""
+    sources, receivers = [], []
+    for e in _events(attrs):
+        sources += [(s["x"], s["y"], s["z"]) for s in e.get("sources", [])
+                    if all(a in s for a in "xyz")]
+        receivers += [(r["x"], r["y"], r["z"]) for r in e.get("receivers", [])
+                      if all(a in r for a in "xyz")]
+    return (np.asarray(sources, float).reshape(-1, 3), np.asarray(receivers, float).reshape(-1, 3))
+
+
+def slice_positions(attrs: dict, box: tuple[float, ...] | None,
+                    points: np.ndarray) -> tuple[float, float, float]:
+    """Where the slices of a 3D field go, ``(x, y, z)`` (m): at the first source of the
+    file's events, else in the middle of ``box`` (of the points when None)."""
+    sources, _ = _sites3d(attrs)
+    if len(sources):
+        return tuple(float(c) for c in sources[0])
+    if box is None:
+        box = tuple(v for lo, hi in zip(points.min(axis=0), points.max(axis=0)) for v in (lo, hi))
+    return tuple(0.5 * (box[2 * a] + box[2 * a + 1]) for a in range(3))
+
+
+def _inside3d(points: np.ndarray, box) -> np.ndarray:
+    """``(P,)``: the points within ``box = (x0, x1, y0, y1, z0, z1)`` (all when None)."""
+    inside = np.ones(len(points), dtype=bool)
+    if box is not None:
+        tol = 1e-9 * max(box[2 * a + 1] - box[2 * a] for a in range(3))
+        for a in range(3):
+            inside &= (points[:, a] >= box[2 * a] - tol) & (points[:, a] <= box[2 * a + 1] + tol)
+    return inside
+
+
+def _span(axis: np.ndarray, lo: float, hi: float) -> slice:
+    """The grid planes of ``axis`` within ``[lo, hi]`` and one more on either side (so the
+    shading reaches the box's edges; the axes' limits crop the rest)."""
+    tol = 1e-9 * (hi - lo)
+    first = max(int(np.searchsorted(axis, lo - tol, side="left")) - 1, 0)
+    last = min(int(np.searchsorted(axis, hi + tol, side="right")) + 1, len(axis))
+    return slice(first, last)
+
+
+def _slice_figure(plt, grid: TensorGrid, blocks: list[dict], positions, box, sites, near,
+                  bars: list[tuple[str, list[int]]]):
+    """One figure of ``blocks`` side by side, each the three ``SLICES`` of a volume through
+    ``positions (x, y, z)`` (m) in an orthographic layout, cropped to ``box`` (6-tuple, or
+    None for the whole grid). A block is ``{"volume": (nz, ny, nx), "title": str, "cmap":
+    str, "limits": (lo, hi)}``; ``bars`` are ``(label, [block index, ...])``: one colour bar
+    for those blocks. ``sites = (sources (S, 3), receivers (R, 3))`` are marked, projected, in
+    the slices they lie within ``near[axis]`` metres of. Returns the figure and its slice
+    axes ``[block][slice]``."""
+    extent = [(box[2 * a], box[2 * a + 1]) if box is not None else (axis[0], axis[-1])
+              for a, axis in enumerate(grid.axes)]
+    size = [max(hi - lo, 1e-30) for lo, hi in extent]
+    wx, wy, wz = (max(s, 0.25 * max(size)) for s in size)  # thin panels kept readable
+    n = len(blocks)
+    fig = plt.figure(figsize=(min(7.5 * n, 21.0), min(5.6 * (wz + wy) / (wx + wy) + 1.2, 12.0)),
+                     dpi=110)
+    layout = fig.add_gridspec(2, 2 * n, width_ratios=[wx, wy] * n, height_ratios=[wz, wy],
+                              wspace=0.3, hspace=0.35)
+    cells = {"x-z": (0, 0), "y-z": (0, 1), "x-y": (1, 0)}
+    styles = {"receivers": dict(marker="v", s=14, c="k", edgecolors="w", linewidths=0.4,
+                                zorder=3),
+              "sources": dict(marker="*", s=90, c="tab:red", edgecolors="w", linewidths=0.5,
+                              zorder=4)}
+    all_axes, arts, spares = [], [], []
+    for b, block in enumerate(blocks):
+        axes = []
+        for name, h, v, normal in SLICES:
+            i, j = cells[name]
+            ax = fig.add_subplot(layout[i, 2 * b + j])
+            plane, s = grid.slice(block["volume"], normal, positions[normal])
+            hs = _span(grid.axes[h], *extent[h]) if box is not None else slice(None)
+            vs = _span(grid.axes[v], *extent[v]) if box is not None else slice(None)
+            art = ax.pcolormesh(grid.axes[h][hs], grid.axes[v][vs], plane[vs, hs],
+                                shading="gouraud", cmap=block["cmap"],
+                                vmin=block["limits"][0], vmax=block["limits"][1])
+            for kind, xyz in zip(("sources", "receivers"), sites):
+                close = xyz[np.abs(xyz[:, normal] - s) <= near[normal]]
+                if len(close):
+                    ax.scatter(close[:, h], close[:, v], label=kind, clip_on=False,
+                               **styles[kind])
+            ax.set_aspect("equal")
+            ax.set_xlim(*extent[h])
+            ax.set_ylim(*extent[v])
+            ax.set_xlabel(f"{'xyz'[h]} (m)", fontsize=8)
+            ax.set_ylabel(f"{'xyz'[v]} (m)", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.set_title(f"{block['title']}{name} slice at {'xyz'[normal]} = {s:g} m",
+                         fontsize=8)
+            axes.append(ax)
+        all_axes.append(axes)
+        arts.append(art)
+        handles = {}
+        for ax in axes:
+            for handle, text in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(text, handle)
+        spare = fig.add_subplot(layout[1, 2 * b + 1])
+        spare.axis("off")
+        spares.append(spare)
+        if handles:
+            spare.legend(list(handles.values()), list(handles), loc="center", fontsize=7,
+                         title="near the slice", title_fontsize=7)
+    for label, members in bars:
+        fig.colorbar(arts[members[-1]], ax=[ax for m in members for ax in all_axes[m]]
+                     + [spares[m] for m in members], shrink=0.8, label=label)
+    return fig, all_axes
+
+
+def _element_sizes(points: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """``(3,)``: the extent (m) of the first element along x, y and z (structured meshes:
+    every element's)."""
+    return np.ptp(points[np.asarray(cells)[0]], axis=0)
+
+
+def _plot_field3d(path: Path, out: Path, mesh, name: str, values: np.ndarray, gradient: bool,
+                  clip: float | None, crop: bool) -> Path:
+    """``plot_field`` of a 3D mesh file: the three ``SLICES`` through the first source (the
+    domain's middle without one), each interpolated from the GLL grid's nearest planes."""
+    box = _domain3d(mesh.attrs) if crop else None
+    points = mesh.points
+    inside = _inside3d(points, box)
+    if gradient:
+        vmax = float(np.abs(values[inside]).max()) or 1.0
+        if clip is not None:
+            vmax *= clip
+            values = np.clip(values, -vmax, vmax)
+        limits, cmap = (-vmax, vmax), "RdBu_r"
+    else:
+        limits, cmap = (float(values[inside].min()), float(values[inside].max())), "viridis"
+    grid = TensorGrid.of(points)
+    positions = slice_positions(mesh.attrs, _domain3d(mesh.attrs), points)
+    label = (name if name.endswith(("_kernel", "_preconditioned")) else
+             f"{name} kernel (gradient / mass)") if gradient else name
+    plt = _pyplot()
+    block = {"volume": grid.volume(values), "title": "", "cmap": cmap, "limits": limits}
+    fig, _ = _slice_figure(plt, grid, [block], positions, box, _sites3d(mesh.attrs),
+                           _element_sizes(points, mesh.cells), [(label, [0])])
+    fig.suptitle(_field_title(path, mesh.attrs, name, clip), fontsize=9)
+    return _save(fig, plt, out)
+
+
+def _model_pair3d(points, cells, start, current, name, box, out, title) -> Path:
+    """``plot_model_pair`` of a 3D mesh: the starting model, the current model (one colour
+    scale) and the update, each as the three ``SLICES`` through the middle of ``box``
+    (``(x0, x1, y0, y1, z0, z1)``; a 4-tuple takes z from the points)."""
+    if len(box) == 4:
+        box = tuple(box) + (float(points[:, 2].min()), float(points[:, 2].max()))
+    inside = _inside3d(points, box)
+    lo = float(min(start[inside].min(), current[inside].min()))
+    hi = float(max(start[inside].max(), current[inside].max()))
+    change = current - start
+    top = float(np.abs(change[inside]).max()) or 1.0
+    grid = TensorGrid.of(points)
+    blocks = [{"volume": grid.volume(start), "title": "starting: ", "cmap": "viridis",
+               "limits": (lo, hi)},
+              {"volume": grid.volume(current), "title": "current: ", "cmap": "viridis",
+               "limits": (lo, hi)},
+              {"volume": grid.volume(change), "title": "update: ", "cmap": "RdBu_r",
+               "limits": (-top, top)}]
+    positions = tuple(0.5 * (box[2 * a] + box[2 * a + 1]) for a in range(3))
+    plt = _pyplot()
+    fig, _ = _slice_figure(plt, grid, blocks, positions, box, (np.zeros((0, 3)),) * 2,
+                           _element_sizes(points, cells),
+                           [(name, [0, 1]), (f"update of {name} (current - starting)", [2])])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, plt, out)
+
+
+def _compression_study3d(panels, meshes, field: str, out: Path, title: str) -> Path:
+    """``plot_compression_study`` of 3D gradients: each run's kernel as the three
+    ``SLICES`` through the first source, on the reference's colour scale."""
+    first = meshes[0]
+    box = _domain3d(first.attrs)
+    points = first.points
+    inside = _inside3d(points, box)
+    kernels = [m.fields[field] / m.mass for m in meshes]
+    vmax = float(np.abs(kernels[0][inside]).max()) or 1.0
+    grid = TensorGrid.of(points)
+    blocks = [{"volume": grid.volume(np.clip(k, -vmax, vmax)), "title": f"{label}\n",
+               "cmap": "RdBu_r", "limits": (-vmax, vmax)} for (label, _), k in zip(panels, kernels)]
+    plt = _pyplot()
+    fig, _ = _slice_figure(plt, grid, blocks, slice_positions(first.attrs, box, points), box,
+                           _sites3d(first.attrs), _element_sizes(points, first.cells),
+                           [(f"{field} kernel", list(range(len(blocks))))])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, plt, out)
 
 
 def plot_traces(path: Path, out: Path, event: str | None = None, field: str = "phi",
@@ -215,20 +508,24 @@ def plot_gather(times: np.ndarray, coordinates: np.ndarray, traces: np.ndarray, 
                 observed: np.ndarray | None = None, title: str = "",
                 stations: tuple[str, ...] | None = None) -> Path:
     """A shot gather: traces ``(R, S)`` placed at their receivers' positions along the line
-    (the coordinate that varies most), time increasing downwards, one normalisation for all.
+    (the coordinate that varies most; for 3D receivers ``line_positions``), time increasing
+    downwards, one normalisation for all.
     Up to ``MAX_WIGGLES`` traces as wiggles (filled positive lobes) scaled to the trace
     spacing, with ``observed (R, S)`` in black under the synthetic in red; more as images,
     observed, synthetic and their difference side by side."""
     coordinates = np.asarray(coordinates, float).reshape(len(traces), -1)
-    axis = int(np.argmax(np.ptp(coordinates, axis=0))) if len(traces) > 1 else 0
-    position = coordinates[:, axis]
+    if coordinates.shape[1] == 3:
+        position, label = line_positions(coordinates)
+    else:
+        axis = int(np.argmax(np.ptp(coordinates, axis=0))) if len(traces) > 1 else 0
+        position = coordinates[:, axis]
+        label = f"receiver {'xyz'[axis]} (m)"
     order = np.argsort(position, kind="stable")
     position, traces = position[order], np.asarray(traces, float)[order]
     observed = None if observed is None else np.asarray(observed, float)[order]
     steps = np.diff(np.unique(position))
     spacing = float(np.median(steps)) if len(steps) else 1.0
     scale = max(np.abs(traces).max(), 0.0 if observed is None else np.abs(observed).max()) or 1.0
-    label = f"receiver {'xyz'[axis]} (m)"
     plt = _pyplot()
     if len(traces) <= MAX_WIGGLES:
         fig, ax = plt.subplots(figsize=(min(4 + 0.22 * len(traces), 14), 6), dpi=110)
@@ -273,6 +570,34 @@ def plot_gather(times: np.ndarray, coordinates: np.ndarray, traces: np.ndarray, 
     return _save(fig, plt, out)
 
 
+def line_positions(coordinates: np.ndarray) -> tuple[np.ndarray, str]:
+    """Where the traces of 3D receivers ``coordinates (R, 3)`` (m) go in a gather, and the
+    axis label: the one coordinate that varies when only one does (x when all share y and
+    z); the distance along the receiver line from the first receiver when they lie on one
+    line (oriented so that the farthest receiver is ahead); otherwise (a grid) the offset
+    from the first receiver."""
+    coordinates = np.asarray(coordinates, float)
+    spread = np.ptp(coordinates, axis=0) if len(coordinates) > 1 else np.zeros(3)
+    extent = float(spread.max())
+    varying = np.flatnonzero(spread > 1e-9 * extent) if extent > 0 else np.array([0])
+    if len(varying) == 1:
+        axis = int(varying[0])
+        return coordinates[:, axis].copy(), f"receiver {'xyz'[axis]} (m)"
+    relative = coordinates - coordinates[0]
+    centred = coordinates - coordinates.mean(axis=0)
+    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
+    along = relative @ direction
+    across = np.linalg.norm(relative - np.outer(along, direction), axis=1)
+    quantum = 1e-9 * extent  # equal distances stay equal (one spacing for the wiggles)
+    if across.max() <= 1e-6 * extent:
+        far = int(np.argmax(np.abs(along)))
+        along = along if along[far] >= 0 else -along
+        return (np.round(along / quantum) * quantum,
+                "distance along the receiver line from the first receiver (m)")
+    offset = np.linalg.norm(relative, axis=1)
+    return np.round(offset / quantum) * quantum, "offset from the first receiver (m)"
+
+
 def _save(fig, plt, out: Path) -> Path:
     out = Path(out)
     with atomic_path(out) as tmp:
@@ -305,7 +630,10 @@ def plot_misfit_history(misfits: list[float], stages: list[int], out: Path) -> P
 def plot_model_pair(points: np.ndarray, cells: np.ndarray, order: int, start: np.ndarray,
                     current: np.ndarray, name: str, box, out: Path, title: str = "") -> Path:
     """The starting and the current model (``(P,)`` each) side by side, one colour scale,
-    cropped to ``box = (x0, x1, y0, y1)``."""
+    cropped to ``box = (x0, x1, y0, y1)``. On a 3D mesh (points ``(P, 3)``, ``box`` with z0,
+    z1 as well) each as slices through the middle of the box (``_model_pair3d``)."""
+    if np.shape(points)[1] == 3:
+        return _model_pair3d(points, cells, start, current, name, box, out, title)
     x0, x1, y0, y1 = box
     inside, triangles = _cropped(points, cells, order, box)
     lo = float(min(start[inside].min(), current[inside].min()))
@@ -358,6 +686,8 @@ def plot_compression_study(panels: list[tuple[str, Path]], field: str, out: Path
     mesh file)`` as its kernel ``field / mass``, cropped to the domain, on the colour scale
     of the first (the reference), with the sources and receivers marked."""
     meshes = [read_mesh_h5(path) for _, path in panels]
+    if meshes[0].points.shape[1] == 3:
+        return _compression_study3d(panels, meshes, field, out, title)
     first = meshes[0]
     box = _domain(first.attrs)
     points = first.points
