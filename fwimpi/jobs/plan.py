@@ -198,7 +198,7 @@ def plan_job(spec: JobSpec, ranks: int, gradients: bool | None = None,
             f"the fastest wave ({vmax:g} m/s) cross the domain {crossings:,.0f} times in "
             f"{axis.n_steps:,} steps; check the units (seconds)")
     _check_postprocessing(spec, mesh)
-    local = int(local_point_counts(mesh.nex, mesh.ney, mesh.order, part).max())
+    local = int(local_point_counts(mesh.shape, mesh.order, part).max())
     chunk = _chunk(spec, axis, local) if gradients else None
     budget = spec.compression.memory_per_rank_in_mb * 2**20
     if gradients and spec.compression.lossy is None:  # the stored chunk, at most the budget
@@ -336,8 +336,8 @@ def load_wavelet(wavelet):
     return SampledWavelet(samples, dt, start)
 
 
-def _file_mesh(spec: JobSpec, model: ModelEvaluator, margin: float) -> StructuredMesh:
-    """The mesh of a model file written by fwimpi, checked against the spec."""
+def _file_mesh(spec: JobSpec, model: ModelEvaluator, margin: float):
+    """The mesh (2D or 3D) of a model file written by fwimpi, checked against the spec."""
     mesh, sim = model.mesh, spec.simulation
     if mesh.order != sim.tensor_order:
         raise ConfigError(f"simulation_configuration.tensor_order: {sim.tensor_order}, but "

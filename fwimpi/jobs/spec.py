@@ -397,7 +397,7 @@ def parse_job_spec(data: dict, base_dir: str | os.PathLike) -> JobSpec:
     simulation = _simulation(d["simulation_configuration"], "simulation_configuration", base_dir)
     misfit = _opt(d, "", "misfit_configuration", None, lambda v, p: _misfit(v, p, base_dir))
     compression = _opt(d, "", "wavefield_compression", Compression(), _compression)
-    mappings = _opt(d, "", "mappings", (), _mappings)
+    mappings = _opt(d, "", "mappings", (), lambda v, p: _mappings(v, p, domain.dimension))
     if mappings and misfit is None:
         _fail("mappings", "need misfit_configuration (a gradient to map); add it or remove "
                           "the mappings", d["mappings"])
@@ -716,12 +716,12 @@ def _lossy(data, path) -> LossyCompression:
     return LossyCompression(codec, tolerance)
 
 
-def _mappings(data, path) -> tuple[Mapping, ...]:
+def _mappings(data, path, dimension: int = 2) -> tuple[Mapping, ...]:
     if isinstance(data, list) and not data:
         return ()  # no mappings (as a resolved spec without any writes them)
     mappings = []
     for i, item in enumerate(_list(data, path)):
-        mapping = _mapping_config(item, f"{path}[{i}]")
+        mapping = _mapping_config(item, f"{path}[{i}]", dimension)
         if _CLIP_SUFFIX.search(mapping.name):
             _fail(f"{path}[{i}].name", "must not end in _clip<number>, the suffix of the "
                                        "clipped PNGs of a mapping", mapping.name)
@@ -732,7 +732,7 @@ def _mappings(data, path) -> tuple[Mapping, ...]:
     return tuple(mappings)
 
 
-def _mapping_config(data, path) -> Mapping:
+def _mapping_config(data, path, dimension: int = 2) -> Mapping:
     """A `Mapping` (the YAML types checked here, its own invariants by itself)."""
     d = _mapping(data, path, ("name", "inversion_parameters", "scaling",
                               "source_cutout_radius_in_meters",
@@ -751,7 +751,7 @@ def _mapping_config(data, path) -> Mapping:
             source_cutout_radius_in_meters=radius("source_cutout_radius_in_meters"),
             receiver_cutout_radius_in_meters=radius("receiver_cutout_radius_in_meters"),
             region_of_interest=_opt(d, path, "region_of_interest", None, _string),
-            field=path)
+            field=path, dimension=dimension)
     except MappingError as err:
         raise ConfigError(str(err)) from None
 
@@ -1007,7 +1007,8 @@ def _expression(value, path) -> str:
         _number(value, path)  # finite
         return str(value)
     if not isinstance(value, str) or not value.strip():
-        _fail(path, "must be a non-empty expression in x and y, or a number", value)
+        _fail(path, "must be a non-empty expression in the coordinates (x, y; x, y, z in "
+                    "3D), or a number", value)
     return value.strip()
 
 
