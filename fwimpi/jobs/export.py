@@ -1,9 +1,11 @@
 """`fwimpi export`: fwimpi files to other tools' formats and back.
 
-- a mesh file (model, gradient, smoothed) -> VTU beside it;
+- a mesh file (model, gradient, smoothed; 2D or 3D) -> VTU beside it (quads or hexahedra);
 - a receivers file -> one SEG-Y file per event (``{event}.sgy`` beside it by default), with
   the receiver and source geometry in the trace headers (``fwimpi.mesh.segy``): the files
-  are valid observed data as ``misfit_configuration.observed_data: .../{event}.sgy``;
+  are valid observed data as ``misfit_configuration.observed_data: .../{event}.sgy``. Only
+  2D receivers (coordinates ``(R, 2)``: x and the vertical y): the SEG-Y writer carries a
+  2D line's geometry, and 3D receivers are refused with a one-line error;
 - a SEG-Y/SU file -> a receivers file of one event (named by the file's stem).
 
 Exports never overwrite a file: a target that exists is an error naming it.
@@ -90,6 +92,12 @@ def receivers_to_segy(file: Path, output: Path | None, field: str, event: str | 
             raise ConfigError(f"--event: no event '{event}' in {file} (it holds "
                               f"{', '.join(data) or 'none'})")
         data = {event: data[event]}
+    for name, rec in data.items():
+        if rec.coordinates.shape[1] != 2:
+            raise ConfigError(f"file: event '{name}' of {file} has 3D receivers (coordinates "
+                              f"(R, {rec.coordinates.shape[1]})); SEG-Y export carries 2D line "
+                              f"geometry only (x, elevation): export the mesh files to VTU, "
+                              f"or read the receivers file itself")
     pattern = str(output) if output is not None else str(file.parent / f"{EVENT_PLACEHOLDER}.sgy")
     if len(data) > 1 and EVENT_PLACEHOLDER not in pattern:
         raise ConfigError(f"output: {file} holds {len(data)} events; name the files with "
