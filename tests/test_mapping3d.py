@@ -191,3 +191,130 @@ def test_box_cells_check_the_geometry():
         box_cells(stretched, MESH.cells, MESH.order)
     with pytest.raises(SmoothingError, match=r"cells: expected shape \(n_elements, 64\)"):
         box_cells(MESH.points, MESH.cells, 3)
+
+
+# A cube of 400 m in boxes of 25 m at order 2 (33^3 points), no margins: far enough from the
+# faces (8 sigma and more, 6 elements) that the natural boundaries take nothing measurable
+# from the moments (on boxes of 50 m the discrete kernel's tails reach the faces at 1e-9).
+CUBE = build_mesh3d(Box3(-200.0, 200.0, -200.0, 200.0, -200.0, 200.0), 0.0, 25.0, 2)
+CUBE_MASS = mass_of(CUBE)
+SIGMA3 = (20.0, 16.0, 12.0)
+RTOL = 1e-14  # CG tolerance: the moments then hold to round-off
+
+
+@pytest.fixture(scope="module")
+def cube_smoother():
+    with DiffusionSmoother(CUBE.points, CUBE.cells, CUBE_MASS, CUBE.order, SIGMA3,
+                           rtol=RTOL) as s:
+        yield s
+
+
+def moments(u, points, w):
+    """Mass ``sum w u``, means ``(3,)`` and second central moments ``(3, 3)`` of ``u``."""
+    wu = w * u
+    mass = wu.sum()
+    mean = wu @ points / mass
+    d = points - mean
+    return mass, mean, (d.T * wu) @ d / mass
+
+
+def test_stiffness_diagonal_in_3d():
+    corners, sizes, ibool = box_cells(MESH.points, MESH.cells, MESH.order)
+    from fwimpi.inversion.smoothing import box_mesh_geometry
+    from fwimpi.sem.operators import AcousticStiffness
+
+    g = box_mesh_geometry(corners, sizes, MESH.order, np.diag([3.0, 2.0, 0.5]))
+    k = AcousticStiffness(g, ibool, np.ones(MESH.n_points))
+    diag = stiffness_diagonal(g, ibool, MESH.n_points)
+    rng = np.random.default_rng(11)
+    for p in rng.choice(MESH.n_points, 40, replace=False):
+        e = np.zeros(MESH.n_points)
+        e[p] = 1.0
+        assert np.isclose(k.apply(e)[p], diag[p], rtol=1e-12, atol=0)
+
+
+def test_smoothing_moments_per_axis_in_3d(cube_smoother):
+    """Away from the faces each application adds exactly sigma_a^2 to the second moment
+    along axis a and changes neither the mass, the means nor the cross moments."""
+    rng = np.random.default_rng(12)
+    centre = np.array([7.0, -11.0, 3.0])
+    near = np.linalg.norm(CUBE.points - centre, axis=1) < 40.0
+    u = np.where(near, 1.0 + rng.random(CUBE.n_points), 0.0)  # a positive blob
+    v = cube_smoother(u)
+    m0, mean0, c0 = moments(u, CUBE.points, CUBE_MASS)
+    m1, mean1, c1 = moments(v, CUBE.points, CUBE_MASS)
+    assert abs(m1 - m0) <= 1e-12 * m0
+    assert np.abs(mean1 - mean0).max() <= 1e-10
+    growth = np.diag(c1 - c0)
+    assert np.allclose(growth, np.square(SIGMA3), rtol=1e-10, atol=0), growth
+    off = (c1 - c0)[~np.eye(3, dtype=bool)]
+    assert np.abs(off).max() <= 1e-10 * max(SIGMA3) ** 2
+
+
+def test_anisotropic_impulse_has_variances_sigma_squared():
+    sigma = (22.0, 15.0, 9.0)  # three different lengths
+    p0 = CUBE.point_indices([0.0, 0.0, 0.0])[0]
+    u = np.zeros(CUBE.n_points)
+    u[p0] = 1.0
+    v = smooth(u, sigma, CUBE.points, CUBE.cells, CUBE_MASS, CUBE.order, rtol=RTOL)
+    mass, mean, c = moments(v, CUBE.points, CUBE_MASS)
+    assert abs(mass - CUBE_MASS[p0]) <= 1e-12 * mass
+    assert np.abs(mean).max() <= 1e-10
+    assert np.allclose(np.diag(c), np.square(sigma), rtol=1e-10, atol=0), np.diag(c)
+    # the spread is anisotropic: along x it reaches further than along z
+    along = [v[CUBE.point_indices(np.eye(3)[a] * 25.0)[0]] for a in range(3)]
+    assert along[0] > along[1] > along[2]
+
+
+def test_smoothing_is_self_adjoint_in_the_mass_inner_product(cube_smoother):
+    rng = np.random.default_rng(13)
+    a, b = rng.standard_normal((2, CUBE.n_points))
+    sa, sb = cube_smoother(a), cube_smoother(b)
+    lhs, rhs = (CUBE_MASS * sa) @ b, (CUBE_MASS * a) @ sb
+    assert abs(lhs - rhs) <= 1e-13 * np.abs(CUBE_MASS * a) @ np.abs(b)
+    ones = cube_smoother(np.full(CUBE.n_points, 3.5))
+    assert np.abs(ones - 3.5).max() <= 1e-12 * 3.5  # a constant is kept
+
+
+def test_constant_smoothing_on_the_simulation_mesh_with_margins():
+    """On a simulation mesh (margins on four sides and the bottom): a gradient smoothed as a
+    kernel (w S(g / w)) keeps its sum; a parameter without lengths is copied; two lengths
+    on a 3D mesh name the field."""
+    mass = mass_of(MESH)
+    cs = ConstantSmoothing({"VP": (80.0, 60.0, 40.0)})
+    assert cs.dimension == 3
+    g = fields(14, MESH.n_points)
+    out = cs.apply(g, MESH.points, MESH.cells, mass, MESH.order, mass_weighted=True)
+    assert abs(out["VP"].sum() - g["VP"].sum()) <= 1e-11 * np.abs(g["VP"]).sum()
+    assert np.array_equal(out["RHO"], g["RHO"])
+    kernel = out["VP"] / mass
+    assert np.abs(np.diff(kernel)).mean() < 0.2 * np.abs(np.diff(g["VP"] / mass)).mean()
+    with pytest.raises(SmoothingError, match=r"smoothing.smoothing_lengths_in_meters.VP: 2 "
+                                             r"smoothing lengths for a 3D mesh"):
+        ConstantSmoothing({"VP": (80.0, 60.0)}).apply(g, MESH.points, MESH.cells, mass,
+                                                      MESH.order)
+    with pytest.raises(SmoothingError, match="as many lengths"):
+        ConstantSmoothing({"VP": (80.0, 60.0), "RHO": (1.0, 2.0, 3.0)})
+    with pytest.raises(SmoothingError, match=r"sigma: 3 smoothing lengths for a 2D mesh"):
+        smooth(np.ones(4), (1.0, 1.0, 1.0), np.zeros((4, 2)), np.zeros((1, 4), int),
+               np.ones(4), 1)
+
+
+def test_preconditioner_on_a_coarse_trilinear_mesh():
+    """The inversion space's smoothing on an order-1 hexahedral inversion mesh: constants
+    kept, self-adjoint in the coarse mesh's weights."""
+    coarse = coarse_mesh(MESH.domain, 60.0)
+    mapping = Mapping(("VP",), "relative_deviation_from_prior", dimension=3)
+    prior = {"VP": np.full(MESH.n_points, 2000.0), "RHO": np.full(MESH.n_points, 1000.0)}
+    space = InversionSpace(mapping, prior, MESH.points, MESH.cells, mass_of(MESH), MESH.order,
+                           [EVENT], None, ConstantSmoothing({"VP": (50.0, 50.0, 30.0)}), coarse)
+    try:
+        w = space.weights
+        assert abs(w.sum() - 400.0 * 300.0 * 300.0) <= 1e-9 * w.sum()
+        assert np.allclose(space.precondition(np.ones(space.n)), 1.0, rtol=0, atol=1e-11)
+        rng = np.random.default_rng(15)
+        a, b = rng.standard_normal((2, space.n))
+        lhs, rhs = (w * space.precondition(a)) @ b, (w * a) @ space.precondition(b)
+        assert abs(lhs - rhs) <= 1e-11 * np.abs(w * a) @ np.abs(b)
+    finally:
+        space.close()
