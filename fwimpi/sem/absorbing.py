@@ -3,10 +3,10 @@ the mesh and an optional damping layer in the margins, both in the diagonal ``C`
 stepper.
 
 The boundary term of ``m0 phi_tt - div(m1 grad phi) = f`` on the left, right and bottom edges
-of the extended box is ``m1 dphi/dn = -(m1 / c) phi_t`` with ``c = sqrt(m1 / m0)``, i.e.
+of the extended box (in 3D: the faces x0, x1, y0, y1 and the bottom z0) is ``m1 dphi/dn = -(m1 / c) phi_t`` with ``c = sqrt(m1 / m0)``, i.e.
 ``int_Gamma sqrt(m0 m1) phi_t v ds`` (``sqrt(m0 m1) = 1 / (rho vp)``): with the lumped GLL
 quadrature of the edges it adds ``C_Gamma[i] = s[i] sqrt(m0 m1)[i]`` to ``C``, ``s[i]`` the
-summed face weights (m) of point ``i``. It depends on the model, so ``AbsorbingStepper`` adds
+summed face weights (m in 2D, m^2 in 3D) of point ``i``. It depends on the model, so ``AbsorbingStepper`` adds
 its derivative to the adjoint's model kernels.
 
 Measured on the tutorial (tests/test_absorbing.py; relative L2 error of the 10 surface traces
@@ -65,17 +65,19 @@ class AbsorbingBoundaries:
         """``number_of_wavelengths * reference_velocity / reference_frequency``, m."""
         return self.number_of_wavelengths * self.reference_velocity / self.reference_frequency
 
-    def damping(self, points: np.ndarray, domain: tuple[float, float, float, float]) -> np.ndarray:
-        """The layer's damping rate ``d (P,)`` (1/s) at ``points (P, 2)`` outside ``domain``
-        (zero with the default ``layer_reflection = 1``)."""
+    def damping(self, points: np.ndarray, domain: tuple[float, ...]) -> np.ndarray:
+        """The layer's damping rate ``d (P,)`` (1/s) at ``points (P, 2)`` outside ``domain =
+        (x0, x1, y0, y1)``, or ``points (P, 3)`` outside ``(x0, x1, y0, y1, z0, z1)`` (zero
+        with the default ``layer_reflection = 1``)."""
         return damping_profile(points, domain, self.width_in_meters, self.reference_velocity,
                                target_reflection=self.layer_reflection)
 
     def boundary(self, geometry: ElementGeometry, ibool: np.ndarray, n_points: int,
-                 box: tuple[float, float, float, float],
+                 box: tuple[float, ...],
                  assemble: Callable[[np.ndarray], None] | None = None) -> "StaceyBoundary | None":
         """The Stacey term on the left, right and bottom edges of ``box = (x0, x1, y0, y1)``
-        (the extended mesh's outer box) for the elements of ``geometry`` / ``ibool`` over
+        (the extended mesh's outer box), in 3D on the faces x0, x1, y0, y1 and z0 of ``box =
+        (x0, x1, y0, y1, z0, z1)``, for the elements of ``geometry`` / ``ibool`` over
         ``n_points`` points; ``assemble`` sums shared points across subdomains (None:
         serial). None without ``stacey``."""
         if not self.stacey:
@@ -85,30 +87,42 @@ class AbsorbingBoundaries:
 
 def damping_profile(
     points: np.ndarray,
-    domain: tuple[float, float, float, float],
+    domain: tuple[float, ...],
     width: float,
     reference_velocity: float,
-    sides: tuple[str, ...] = ("left", "right", "bottom"),
+    sides: tuple[str, ...] | None = None,
     target_reflection: float = TARGET_REFLECTION,
 ) -> np.ndarray:
-    """Damping rate ``d (P,)`` in 1/s at ``points (P, 2)`` (m).
+    """Damping rate ``d (P,)`` in 1/s at ``points (P, 2)`` or ``(P, 3)`` (m).
 
     ``d = d0 (r / width)^2`` with ``r`` the distance (m) into the margin outside
-    ``domain = (x0, x1, y0, y1)``; the contributions of the sides add up in the corners.
+    ``domain = (x0, x1, y0, y1)`` (2D) or ``(x0, x1, y0, y1, z0, z1)`` (3D); the
+    contributions of the sides add up in the edges and corners. ``sides`` (default: all
+    absorbing ones) among "left" (x0), "right" (x1), "bottom" (y0 in 2D, z0 in 3D) and, in
+    3D, "front" (y0) and "back" (y1).
     ``d0 = 3 v ln(1/R) / width`` makes a wave at ``reference_velocity`` v that crosses the
     margin and back decay to ``R = target_reflection`` (the quadratic ramp keeps the
     reflection off the damping gradient small); ``R = 1`` is no damping.
     """
     d = np.zeros(len(points))
+    if len(domain) not in (4, 6):
+        raise ValueError(f"damping_profile: a box of 4 (2D) or 6 (3D) numbers, got {domain}")
+    three = len(domain) == 6
+    if sides is None:
+        sides = ("left", "right", "front", "back", "bottom") if three else (
+            "left", "right", "bottom")
     if width <= 0 or target_reflection >= 1.0:
         return d
-    x0, x1, y0, _ = domain
+    x0, x1, y0, y1 = domain[:4]
     d0 = 3.0 * reference_velocity * math.log(1.0 / target_reflection) / width
     depth = {
         "left": np.maximum(x0 - points[:, 0], 0.0),
         "right": np.maximum(points[:, 0] - x1, 0.0),
         "bottom": np.maximum(y0 - points[:, 1], 0.0),
     }
+    if three:
+        depth.update(front=depth.pop("bottom"), back=np.maximum(points[:, 1] - y1, 0.0),
+                     bottom=np.maximum(domain[4] - points[:, 2], 0.0))
     for side in sides:
         d += d0 * np.minimum(depth[side] / width, 1.0) ** 2
     return d
@@ -117,7 +131,8 @@ def damping_profile(
 @dataclass(frozen=True)
 class StaceyBoundary:
     """The Stacey term's points ``indices (B,)`` among ``n_points`` local points and their
-    summed face weights ``weights (B,)`` (m): ``C_Gamma = weights * sqrt(m0 m1)`` there."""
+    summed face weights ``weights (B,)`` (m in 2D, m^2 in 3D): ``C_Gamma = weights *
+    sqrt(m0 m1)`` there."""
 
     indices: np.ndarray
     weights: np.ndarray
@@ -125,25 +140,20 @@ class StaceyBoundary:
 
     @classmethod
     def on_box(cls, geometry: ElementGeometry, ibool: np.ndarray, n_points: int,
-               box: tuple[float, float, float, float],
+               box: tuple[float, ...],
                assemble: Callable[[np.ndarray], None] | None = None) -> "StaceyBoundary":
-        """The element faces on the left, right and bottom edges of ``box`` (found from the
-        GLL coordinates, to 1e-9 of the box's size), each point weighted by its face's
-        lumped quadrature ``w_k |dx/dxi|_k`` (the 1D GLL weight times half the length of a
-        straight edge); the weights of a point on several faces or elements add up, across
-        subdomains by ``assemble`` (like the mass)."""
-        x0, x1, y0, y1 = box
-        _, w = gll_points_weights(geometry.order)
-        d = derivative_matrix(geometry.order)
-        x, y = geometry.coords  # (E, n, n), ordered [e, j, i]
-        tol = 1e-9 * max(x1 - x0, y1 - y0)
-        face = np.zeros(x.shape)
-        for sl, c, edge in (((slice(None), slice(None), 0), x, x0),    # left: i = 0
-                            ((slice(None), slice(None), -1), x, x1),   # right: i = N
-                            ((slice(None), 0, slice(None)), y, y0)):   # bottom: j = 0
-            on = np.all(np.abs(c[sl] - edge) <= tol, axis=1)
-            ds = np.hypot(x[sl] @ d.T, y[sl] @ d.T)  # |dx/dxi| at the face's GLL points
-            face[sl] += np.where(on[:, None], w[None, :] * ds, 0.0)
+        """The element faces on the left, right and bottom edges of ``box = (x0, x1, y0, y1)``
+        (2D), or on the faces x0, x1, y0, y1 and z0 of ``box = (x0, x1, y0, y1, z0, z1)``
+        (3D), found from the GLL coordinates, to 1e-9 of the box's size. Each point is
+        weighted by its face's lumped quadrature: in 2D ``w_k |dx/dxi|_k`` (the 1D GLL weight
+        times half the length of a straight edge), in 3D ``w_k w_l |dx/da x dx/db|_kl`` (the
+        2D GLL weight times the face's area Jacobian: a quarter of a flat rectangle's area);
+        the weights of a point on several faces or elements add up, across subdomains by
+        ``assemble`` (like the mass)."""
+        if geometry.dim == 3:
+            face = _box_faces_3d(geometry, box)
+        else:
+            face = _box_edges_2d(geometry, box)
         s = assembled_sum(ibool, face, n_points)
         if assemble is not None:
             assemble(s)
@@ -156,6 +166,50 @@ class StaceyBoundary:
         c = np.zeros(self.n_points)
         c[self.indices] = self.weights * np.sqrt(m0[self.indices] * m1[self.indices])
         return c
+
+
+def _box_edges_2d(geometry: ElementGeometry, box: tuple[float, ...]) -> np.ndarray:
+    """Lumped edge weights ``(E, n, n)`` (m) on the left, right and bottom of ``box``."""
+    x0, x1, y0, y1 = box
+    _, w = gll_points_weights(geometry.order)
+    d = derivative_matrix(geometry.order)
+    x, y = geometry.coords  # (E, n, n), ordered [e, j, i]
+    tol = 1e-9 * max(x1 - x0, y1 - y0)
+    face = np.zeros(x.shape)
+    for sl, c, edge in (((slice(None), slice(None), 0), x, x0),    # left: i = 0
+                        ((slice(None), slice(None), -1), x, x1),   # right: i = N
+                        ((slice(None), 0, slice(None)), y, y0)):   # bottom: j = 0
+        on = np.all(np.abs(c[sl] - edge) <= tol, axis=1)
+        ds = np.hypot(x[sl] @ d.T, y[sl] @ d.T)  # |dx/dxi| at the face's GLL points
+        face[sl] += np.where(on[:, None], w[None, :] * ds, 0.0)
+    return face
+
+
+def _box_faces_3d(geometry: ElementGeometry, box: tuple[float, ...]) -> np.ndarray:
+    """Lumped face weights ``(E, n, n, n)`` (m^2) on the faces x0, x1, y0, y1, z0 of ``box``."""
+    if len(box) != 6:
+        raise ValueError(f"StaceyBoundary: a 3D box is (x0, x1, y0, y1, z0, z1), got {box}")
+    x0, x1, y0, y1, z0, z1 = box
+    _, w = gll_points_weights(geometry.order)
+    d = derivative_matrix(geometry.order)
+    coords = np.asarray(geometry.coords)  # (3, E, n, n, n), ordered [c, e, k, j, i]
+    tol = 1e-9 * max(x1 - x0, y1 - y0, z1 - z0)
+    face = np.zeros(coords.shape[1:])
+    every = slice(None)
+    # (element-point slice, coordinate axis, plane): a face's points are (E, n, n) in the
+    # order of the two remaining reference axes, slowest first
+    for sl, axis, plane in (((every, every, every, 0), 0, x0),    # x0: i = 0, points [k, j]
+                            ((every, every, every, -1), 0, x1),   # x1: i = N
+                            ((every, every, 0, every), 1, y0),    # y0: j = 0, points [k, i]
+                            ((every, every, -1, every), 1, y1),   # y1: j = N
+                            ((every, 0, every, every), 2, z0)):   # z0: k = 0, points [j, i]
+        c = coords[(every,) + sl]  # (3, E, n, n)
+        on = np.all(np.abs(c[axis] - plane) <= tol, axis=(1, 2))
+        t_fast = c @ d.T  # d x / d(reference axis of the last index)
+        t_slow = np.einsum("kl,celj->cekj", d, c)  # ... of the first
+        area = np.linalg.norm(np.cross(t_slow, t_fast, axis=0), axis=0)
+        face[sl] += np.where(on[:, None, None], np.multiply.outer(w, w)[None] * area, 0.0)
+    return face
 
 
 class AbsorbingStepper(LeapfrogStepper):

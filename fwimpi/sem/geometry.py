@@ -97,15 +97,22 @@ def element_geometry(corners: np.ndarray, order: int,
 
 
 def point_weights(order: int, ref: np.ndarray) -> np.ndarray:
-    """Lagrange weights ``(Q, (order+1)^2)`` of reference points ``ref (Q, 2)``.
+    """Lagrange weights ``(Q, (order+1)^dim)`` of reference points ``ref (Q, dim)``, dim 2 or 3.
 
-    Column ``a = i + (order+1) j`` holds ``l_i(xi) l_j(eta)``; a field's value at the point
-    is the weighted sum of its element-point values (exact for the SEM polynomial).
+    Column ``a = i + n j`` (2D) or ``a = i + n j + n^2 k`` (3D; ``n = order + 1``) holds
+    ``l_i(xi) l_j(eta) [l_k(zeta)]``; a field's value at the point is the weighted sum of its
+    element-point values (exact for the SEM polynomial).
     """
     nodes, _ = gll_points_weights(order)
     lx = lagrange_basis(nodes, ref[:, 0])
     ly = lagrange_basis(nodes, ref[:, 1])
-    return (ly[:, :, None] * lx[:, None, :]).reshape(len(ref), (order + 1) ** 2)
+    if ref.shape[1] == 2:
+        return (ly[:, :, None] * lx[:, None, :]).reshape(len(ref), (order + 1) ** 2)
+    if ref.shape[1] != 3:
+        raise ValueError(f"point_weights: reference points (Q, 2) or (Q, 3), got {ref.shape}")
+    lz = lagrange_basis(nodes, ref[:, 2])
+    return (lz[:, :, None, None] * ly[:, None, :, None] * lx[:, None, None, :]).reshape(
+        len(ref), (order + 1) ** 3)
 
 
 def box_geometry(sizes, order: int, diffusivity: np.ndarray | None = None) -> ElementGeometry:
