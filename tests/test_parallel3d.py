@@ -1,7 +1,7 @@
 """The parallel layer and the files in 3D: partitions of a 3D element grid, ownership and
 PETSc numbering, and (real MPI ranks, tests/mpi/parallel3d.py) assembled weights, a
-halo-assembled ``K u``, point sampling and rank-parallel mesh files on 1 to 4 ranks equal to
-the serial results; serial 3D mesh files (hexahedra, XDMF, VTU), receivers ``(R, 3)`` and
+halo-assembled ``K u``, point sampling, rank-parallel mesh files and checkpoints on 1 to 4
+ranks equal to the serial results; serial 3D mesh files (hexahedra, XDMF, VTU), receivers ``(R, 3)`` and
 ``fwimpi export`` of them."""
 
 import json
@@ -147,7 +147,7 @@ def test_distributed_3d_mesh_equals_the_serial_results(mpi_runs, n):
     print(output)
     assert status == 0, output
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["ranks"] == n and not summary["failed"] and len(summary["passed"]) == 5
+    assert summary["ranks"] == n and not summary["failed"] and len(summary["passed"]) == 6
     figures = summary["figures"]
     assert figures["test_weights_and_stiffness"]["K u: max relative difference"] <= 1e-12
     if n >= 3:

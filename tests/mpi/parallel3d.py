@@ -25,8 +25,10 @@ from mpi4py import MPI
 
 from fwimpi.mesh.files import read_mesh_h5, write_mesh_h5
 from fwimpi.mesh.structured3d import Box3, build_mesh3d
+from fwimpi.parallel.checkpoints import EventCheckpoints
 from fwimpi.parallel.distributed import DistributedMesh
 from fwimpi.sem.operators import AcousticStiffness, assembled_sum
+from fwimpi.sem.timestepper import State
 
 WATCHDOG_SECONDS = 30.0
 
@@ -202,8 +204,24 @@ def test_mesh_file(comm, dm, folder, check):
           "XDMF: hexahedra on XYZ points")
 
 
+def test_checkpoints(comm, dm, folder, check):
+    path = folder / "event.h5"
+    settings = {"model": "a", "event": "ev", "ranks_per_job": comm.size}
+    first = EventCheckpoints(dm, path, settings, 5, "event ev")
+    for step in (0, 5):
+        first.save(step, State(step, NATURAL[dm.points] * (1.0 + step), M1[dm.points] + step))
+    first.finish(np.ones((2, 3)) if comm.rank == 0 else None, (2, 3))
+    again = EventCheckpoints(dm, path, settings, 5, "event ev")
+    check(comm.allgather(again.reuse) == [True] * comm.size, "same settings: reused")
+    state = again.load(5)
+    check(np.array_equal(state.u, NATURAL[dm.points] * 6.0)
+          and np.array_equal(state.u_old, M1[dm.points] + 5),
+          "load: the local states saved, ghosts filled")
+    again.finish(None, (2, 3))
+
+
 TESTS = (test_ownership_and_numbering, test_weights_and_stiffness, test_natural_order,
-         test_point_sampling, test_mesh_file)
+         test_point_sampling, test_mesh_file, test_checkpoints)
 
 
 # --------------------------------------------------------------------------- runner
