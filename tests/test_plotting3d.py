@@ -19,8 +19,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from fwimpi.errors import ConfigError  # noqa: E402
-from fwimpi.jobs.plotting import (TensorGrid, line_positions, plot_field, plot_gather,  # noqa: E402
-                                  plot_model_pair, plot_traces, slice_field)
+from fwimpi.jobs.plotting import (TensorGrid, line_positions, plot_compression_study,  # noqa: E402
+                                  plot_field, plot_gather, plot_model_pair, plot_traces,
+                                  slice_field)
 from fwimpi.mesh.files import ReceiverData, write_mesh_h5, write_receivers_h5  # noqa: E402
 from fwimpi.mesh.structured3d import Box3, build_mesh3d  # noqa: E402
 
@@ -59,6 +60,17 @@ def panel(fig, name: str):
 def marks(ax) -> dict:
     return {c.get_label(): np.asarray(c.get_offsets()) for c in ax.collections
             if c.get_label() in ("sources", "receivers")}
+
+
+def shown_and_expected(art, points, values, normal: int, at: float):
+    """The values a slice panel's mesh ``art`` shows and those of ``slice_field`` of
+    ``values (P,)`` at the grid points it shows."""
+    h, v, plane, _ = slice_field(points, values, normal, at)
+    coords = art.get_coordinates()
+    i = np.searchsorted(h, coords[0, :, 0])
+    j = np.searchsorted(v, coords[:, 0, 1])
+    assert np.array_equal(h[i], coords[0, :, 0]) and np.array_equal(v[j], coords[:, 0, 1])
+    return np.asarray(art.get_array()).reshape(len(j), len(i)), plane[np.ix_(j, i)]
 
 
 # --------------------------------------------------------------------------- slices
@@ -172,15 +184,12 @@ def test_a_3d_gradient_is_drawn_as_three_slices_through_the_source(mesh, tmp_pat
         assert ax.get_xlim() == pytest.approx(DOMAIN[2 * ha:2 * ha + 2])
         assert ax.get_ylim() == pytest.approx(DOMAIN[2 * va:2 * va + 2])
         # the kernel (gradient / mass) of the slice, on the grid planes that reach the box
-        h, v, plane, _ = slice_field(p, kernel, normal, at)
+        shown, expected = shown_and_expected(art, p, kernel, normal, at)
+        assert np.allclose(shown, expected, rtol=0, atol=1e-12 * vmax)
         coords = art.get_coordinates()
         shown_h, shown_v = coords[0, :, 0], coords[:, 0, 1]
         assert shown_h[0] < DOMAIN[2 * ha] and shown_h[-1] > DOMAIN[2 * ha + 1]
         assert shown_h[0] > EXTENDED[2 * ha] or shown_v[0] > EXTENDED[2 * va]
-        i = np.searchsorted(h, shown_h)
-        j = np.searchsorted(v, shown_v)
-        shown = np.asarray(art.get_array()).reshape(len(j), len(i))
-        assert np.allclose(shown, plane[np.ix_(j, i)], rtol=0, atol=1e-12 * vmax)
         assert marks(ax)["sources"] == pytest.approx(np.array([[SOURCE[ha], SOURCE[va]]]))
     # receivers where they are near the slice (within an element), projected onto it: not
     # the one at y 180 in the x-z slice at y 80
@@ -244,6 +253,28 @@ def test_a_3d_model_pair(mesh, tmp_path, figures):
     assert s.get_clim() == c.get_clim() and s.get_clim()[0] == pytest.approx(1500.0)
     lo, hi = u.get_clim()
     assert lo == -hi and 0 < hi <= 40.0
+
+
+def test_a_3d_compression_study_on_the_reference_scale(mesh, tmp_path, figures):
+    path, kernel = gradient_file(mesh, tmp_path)
+    p = mesh.points
+    write_mesh_h5(tmp_path / "twice.h5", p, mesh.cells, 2.0 + np.sin(p[:, 0] / 37.0),
+                  {"VP": 2.0 * kernel * (2.0 + np.sin(p[:, 0] / 37.0))},
+                  {"job_spec": job_spec(), "kind": "mapped_gradient", "mapping": "m1"})
+    plot_compression_study([("reference", path), ("twice", tmp_path / "twice.h5")], "VP",
+                           tmp_path / "study.png", "study")
+    fig = figures[-1]
+    titled = {a.get_title(): a for a in fig.axes if "slice at" in a.get_title()}
+    assert len(titled) == 6
+    ref = titled["reference\nx-z slice at y = 80 m"].collections[0]
+    twice = titled["twice\nx-z slice at y = 80 m"].collections[0]
+    assert ref.get_clim() == twice.get_clim()  # the reference's scale, the other saturates
+    vmax = ref.get_clim()[1]
+    for art, factor in ((ref, 1.0), (twice, 2.0)):  # kernels clipped at the points
+        shown, expected = shown_and_expected(art, p, np.clip(factor * kernel, -vmax, vmax),
+                                             1, SOURCE[1])
+        assert np.allclose(shown, expected, rtol=0, atol=1e-12 * vmax)
+    assert np.abs(twice.get_array()).max() == vmax > np.abs(ref.get_array()).max()
 
 
 # --------------------------------------------------------------------------- gathers
