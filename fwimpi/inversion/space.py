@@ -29,7 +29,6 @@ from ..mesh.structured import StructuredMesh, build_mesh
 from ..mesh.structured3d import Box3, StructuredMesh3D, build_mesh3d
 from ..sem.acquisition import Event
 from ..sem.geometry import point_weights
-from ..sem.gll import gll_points_weights, lagrange_basis
 from ..sem.operators import assembled_sum
 from .mapping import EventGeometry, Mapping
 from .smoothing import ConstantSmoothing
@@ -37,20 +36,6 @@ from .smoothing import ConstantSmoothing
 
 class SpaceError(FwimpiError, ValueError):
     """An inversion space that cannot be built (bounds that exclude the prior, say)."""
-
-
-def _tensor_weights(order: int, ref: np.ndarray) -> np.ndarray:
-    """Lagrange weights ``(Q, n^d)`` of reference points ``ref (Q, d)``: column ``a = i + n j
-    (+ n^2 k)`` holds ``l_i(xi) l_j(eta) (l_k(zeta))``, the order of ``cells``. 2D is
-    ``point_weights``."""
-    if ref.shape[1] == 2:
-        return point_weights(order, ref)
-    nodes, _ = gll_points_weights(order)
-    out = lagrange_basis(nodes, ref[:, 0])
-    for a in range(1, ref.shape[1]):
-        out = (lagrange_basis(nodes, ref[:, a])[:, :, None] * out[:, None, :]).reshape(
-            len(ref), -1)
-    return out
 
 
 def interpolation_matrix(coarse: StructuredMesh | StructuredMesh3D,
@@ -65,7 +50,7 @@ def interpolation_matrix(coarse: StructuredMesh | StructuredMesh3D,
     xy = coarse.domain.clamp(points)
     elements, ref = coarse.locate(xy)
     cols = coarse.ibool(elements).reshape(len(xy), -1)
-    vals = _tensor_weights(coarse.order, ref)
+    vals = point_weights(coarse.order, ref)
     rows = np.repeat(np.arange(len(xy)), cols.shape[1])
     m = scipy.sparse.csr_matrix((vals.ravel(), (rows, cols.ravel())),
                                 shape=(len(xy), coarse.n_points))
