@@ -36,12 +36,12 @@ from fwimpi.errors import FwimpiError
 from fwimpi.parallel.collective import CollectiveIOError, agree, check_free_space, watchdog
 from fwimpi.mesh.files import (
     _MESH_RESERVED,
+    _SUBCELLS,
     MESH_FORMAT,
     FileFormatError,
     atomic_path,
     decode_attrs,
     encode_attrs,
-    _SUBCELLS,
     linear_cells,
     mesh_layout,
     temp_path,
