@@ -1,8 +1,8 @@
 """The parallel layer and the files in 3D: partitions of a 3D element grid, ownership and
 PETSc numbering, and (real MPI ranks, tests/mpi/parallel3d.py) assembled weights, a
 halo-assembled ``K u``, point sampling, rank-parallel mesh files and checkpoints on 1 to 4
-ranks equal to the serial results; serial 3D mesh files (hexahedra, XDMF, VTU), receivers ``(R, 3)`` and
-``fwimpi export`` of them."""
+ranks equal to the serial results; serial 3D mesh files (hexahedra, XDMF, VTU), receivers
+``(R, 3)`` and ``fwimpi export`` of them."""
 
 import json
 import os
@@ -209,7 +209,8 @@ def test_order_from_cells_and_the_points_dimension(tmp_path):
     assert f2.cells.shape[1] == 64 and f2.dim == 2 and f2.order == 7
     with h5py.File(tmp_path / "m2.h5", "r") as h:
         assert "mesh/quads" in h and "mesh/hexes" not in h
-    with pytest.raises(FileFormatError, match=r"cells: expected shape \(n_elements, \(order\+1\)\*\*3\)"):
+    with pytest.raises(FileFormatError,
+                       match=r"cells: expected shape \(n_elements, \(order\+1\)\*\*3\)"):
         write_mesh_h5(tmp_path / "bad.h5", mesh.points, mesh.cells[:, :30], mass, {}, {})
 
 
