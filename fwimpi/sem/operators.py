@@ -15,9 +15,8 @@ i.e. ``12n + 6`` (66 at N = 4; 2D rectangles: ``8n + 4``, 44); a mesh point belo
 ``((N+1)/N)^3`` element points (1.95 at N = 4; 2D 1.56), so one point update is 129 flops
 in 3D against 69 in 2D. Memory per point update: ``u`` and ``m1`` read (16 B), ``out`` read
 and written (16 B), the int32 point index read twice per element point (15.6 B at N = 4):
-about 48 B (2D: 44 B), if the gathered neighbours stay in cache. Measured at N = 4 on one
-Zen 4 core (2 cores shared with other jobs, best of repeated runs, `add` point updates per
-second): see ``AcousticStiffness``.
+about 48 B (2D: 44 B), if the gathered neighbours stay in cache. Measured rates: see
+``AcousticStiffness``.
 """
 
 from functools import lru_cache
@@ -375,10 +374,14 @@ class AcousticStiffness:
     (diagonal metric, the same in every element, as the structured 3D mesh has): any other 3D
     geometry, or ``general``, raises ValueError.
 
-    Measured rate of ``add`` at order 4 (mesh points updated per second, one Zen 4 core
-    shared with other jobs, best of repeated runs): 2D rectangles 270e6 (1.0e5 points) and
-    195e6 (1.0e6); 3D boxes 165e6 (1.2e5 points) and 130e6 (1.1e6 points), i.e. 0.6 and
-    0.66 of 2D per point (0.53 expected from the flops alone).
+    Measured rates at order 4 (mesh points updated per second, one Zen 4 core of a 2-core
+    machine shared with other jobs, best of repeated runs, three sessions): ``add``, 2D
+    rectangles 270-279e6 (1.0e5 points) and 192-208e6 (1.0e6); 3D boxes 166-171e6 (1.2e5)
+    and 131-136e6 (1.1e6), i.e. 0.59-0.63 and 0.64-0.71 of 2D per point (0.53 from the
+    flops alone). ``add_with_gradient``: 2D 194-199e6 and 122-129e6, 3D 110-118e6 and
+    89-93e6 (0.56-0.59, 0.70-0.74). Blocks of 16 or 64 elements were no faster in 3D, 8 much
+    slower; three separate sums in the transposed step, or the scatter fused into it, no
+    faster either.
     """
 
     def __init__(self, geometry: ElementGeometry, ibool: np.ndarray, m1: np.ndarray,

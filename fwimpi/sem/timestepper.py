@@ -395,11 +395,26 @@ def element_max_eigenvalues(geometry: ElementGeometry, m0_elem: np.ndarray,
     for s in range(0, e, chunk):
         sl = slice(s, min(s + chunk, e))
         m1 = m1_elem[sl].reshape(-1, size)
-        # K_e = sum_ab D_a^T diag(m1 g_ab) D_b, batched over the chunk's elements
+        # K_e = sum_ab D_a^T diag(m1 g_ab) D_b, batched over the chunk's elements; a
+        # diagonal term couples only the points of one line along axis a: built on it
         k = np.zeros((len(m1), size, size))
+        lines = k.reshape((len(m1),) + (n,) * (2 * dim))  # [e, (k,) j, i, (k',) j', i']
+        d = derivative_matrix(geometry.order)
         for a, b in pairs:
             c = m1 * np.asarray(g[a, b, sl]).reshape(-1, size)
-            k += derivatives[a].T @ (c[:, :, None] * derivatives[b])
+            if a != b or dim != 3:
+                k += derivatives[a].T @ (c[:, :, None] * derivatives[b])
+                continue
+            c = c.reshape(-1, n, n, n)
+            if a == 0:  # along i: [e, k, j, i, k, j, i']
+                np.einsum("ekjikjm->ekjim", lines)[...] += np.einsum(
+                    "li,ekjl,lm->ekjim", d, c, d)
+            elif a == 1:  # along j: [e, k, j, i, k, j', i]
+                np.einsum("ekjikmi->ekjim", lines)[...] += np.einsum(
+                    "lj,ekli,lm->ekjim", d, c, d)
+            else:  # along k: [e, k, j, i, k', j, i]
+                np.einsum("ekjimji->ekjim", lines)[...] += np.einsum(
+                    "lk,elji,lm->ekjim", d, c, d)
         r = 1.0 / np.sqrt((m0_elem[sl] * geometry.jw[sl]).reshape(-1, size))
         k *= r[:, :, None]
         k *= r[:, None, :]
