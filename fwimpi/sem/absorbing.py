@@ -3,11 +3,12 @@ the mesh and an optional damping layer in the margins, both in the diagonal ``C`
 stepper.
 
 The boundary term of ``m0 phi_tt - div(m1 grad phi) = f`` on the left, right and bottom edges
-of the extended box (in 3D: the faces x0, x1, y0, y1 and the bottom z0) is ``m1 dphi/dn = -(m1 / c) phi_t`` with ``c = sqrt(m1 / m0)``, i.e.
+of the extended box (in 3D: the faces x0, x1, y0, y1 and the bottom z0) is
+``m1 dphi/dn = -(m1 / c) phi_t`` with ``c = sqrt(m1 / m0)``, i.e.
 ``int_Gamma sqrt(m0 m1) phi_t v ds`` (``sqrt(m0 m1) = 1 / (rho vp)``): with the lumped GLL
 quadrature of the edges it adds ``C_Gamma[i] = s[i] sqrt(m0 m1)[i]`` to ``C``, ``s[i]`` the
-summed face weights (m in 2D, m^2 in 3D) of point ``i``. It depends on the model, so ``AbsorbingStepper`` adds
-its derivative to the adjoint's model kernels.
+summed face weights (m in 2D, m^2 in 3D) of point ``i``. It depends on the model, so
+``AbsorbingStepper`` adds its derivative to the adjoint's model kernels.
 
 Measured on the tutorial (tests/test_absorbing.py; relative L2 error of the 10 surface traces
 against a mesh too large for anything to return, 3.5 wavelengths of margin): the quadratic
