@@ -82,7 +82,7 @@ class Simulation:
 
     @property
     def mass(self) -> np.ndarray | None:
-        """``(P,)`` the quadrature weights ``w`` (m^2) in natural order on rank 0: the files'
+        """``(P,)`` the quadrature weights ``w`` (m^2 in 2D, m^3 in 3D) in natural order on rank 0: the files'
         ``/mesh/mass``, what a gradient divided by gives its kernel."""
         return self._gather(self.mesh.weights)
 

@@ -449,7 +449,7 @@ def _model(data, path, base_dir) -> ModelSource:
         return ModelSource(None, None, _path(d["file"], f"{path}.file", base_dir, must_exist=True))
     for key in ("vp", "rho"):
         if d.get(key) is None:
-            _fail(f"{path}.{key}", "missing: give vp and rho (expressions in x, y) or file")
+            _fail(f"{path}.{key}", "missing: give vp and rho (expressions in the coordinates) or file")
     return ModelSource(_expression(d["vp"], f"{path}.vp"), _expression(d["rho"], f"{path}.rho"),
                        None)
 
