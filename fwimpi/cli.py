@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
                    "the file's stem)")
     e.add_argument("--dt", type=float, help="SEG-Y sample interval in seconds (default: the "
                    "simulation's, rounded down to whole microseconds); traces are resampled")
+    e.add_argument("--dimension", type=int, choices=(2, 3), default=2,
+                   help="SEG-Y in: read a 2D line (x, elevation; default) or 3D positions "
+                   "(x, y, elevation)")
     return p
 
 
@@ -564,7 +567,8 @@ def _plot(args) -> int:
 def _export(args) -> int:
     from .jobs.export import export_file
 
-    for path in export_file(args.file, args.output, args.field, args.event, args.dt):
+    for path in export_file(args.file, args.output, args.field, args.event, args.dt,
+                            dimension=args.dimension):
         print(path)
     return 0
 

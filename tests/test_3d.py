@@ -207,3 +207,36 @@ def test_a_3d_inversion_lowers_the_misfit_and_its_iterates_rerun(tmp_path):
     events = json.loads((tmp_path / "rerun" / "summary.json").read_text())["events"]
     assert sum(e["misfit"] for e in events.values()) == pytest.approx(iterations[2]["misfit"],
                                                                       rel=1e-12)
+
+
+def test_segy_observed_data_of_a_3d_job_gives_the_hdf5_misfit(tmp_path, capsys):
+    """Receivers of a 3D run exported to SEG-Y (x, y, elevation in the headers) and read
+    back as observed data: the misfit of the HDF5 path to float32; observed data of the
+    other dimension is one line and exit 2."""
+    job = JOB.replace("end_time_in_seconds: 0.4", "end_time_in_seconds: 0.4\n  "
+                      "time_step_in_seconds: 0.002")  # whole microseconds: SEG-Y as it is
+    (tmp_path / "true.yaml").write_text(job.replace("output: out", "output: truth"))
+    assert main(["-q", "run", str(tmp_path / "true.yaml"), "--forward-only"]) == 0
+    receivers = tmp_path / "truth/events/ev1/receivers.h5"
+    assert main(["-q", "export", str(receivers), "-o", str(tmp_path / "{event}.sgy")]) == 0
+    misfits = {}
+    for name, observed in (("h5", receivers), ("sgy", tmp_path / "{event}.sgy")):
+        text = job.replace("observed_data: null", f"observed_data: {observed}").replace(
+            "L2_energy_no_observed_data", "L2").replace("f: 1.0", "f: 1.1")
+        (tmp_path / f"{name}.yaml").write_text(text.replace("output: out", f"output: {name}"))
+        assert main(["-q", "run", str(tmp_path / f"{name}.yaml"), "--forward-only"]) == 0
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        misfits[name] = summary["events"]["ev1"]["misfit"]
+    assert misfits["h5"] > 0
+    assert abs(misfits["sgy"] - misfits["h5"]) <= 1e-5 * misfits["h5"], misfits
+    flat = tmp_path / "flat.yaml"  # a 2D line's file for a 3D job
+    assert main(["-q", "export", str(tmp_path / "ev1.sgy"), "-o", str(tmp_path / "flat.h5"),
+                 "--event", "ev1"]) == 0
+    flat.write_text(job.replace("observed_data: null", f"observed_data: {tmp_path / 'flat.h5'}")
+                    .replace("L2_energy_no_observed_data", "L2").replace("output: out",
+                                                                         "output: flat"))
+    capsys.readouterr()
+    assert main(["run", str(flat), "--forward-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "shape (6, 2), but the domain is 3D" in err, err
+    assert not (tmp_path / "flat").exists()

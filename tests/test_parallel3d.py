@@ -278,9 +278,27 @@ def test_receivers_with_3d_coordinates_round_trip(tmp_path):
         ReceiverData({"phi": np.zeros((4, 3))}, np.zeros((4, 4)), 1e-3, 0.0, "abcd")
 
 
-def test_segy_export_of_3d_receivers_is_a_one_line_error(tmp_path):
-    receivers3d(tmp_path)
-    with pytest.raises(ConfigError, match=r"^file: event 'ev1' of .* has 3D receivers") as err:
-        export_file(tmp_path / "receivers.h5")
-    assert "\n" not in str(err.value)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["receivers.h5"]  # nothing written
+def test_3d_receivers_go_to_segy_and_back(tmp_path):
+    """x, y in GroupX/GroupY, z in the elevation, the source in SourceX/SourceY/
+    SourceSurfaceElevation, the offset horizontal; read back with --dimension 3."""
+    import segyio
+
+    from fwimpi.mesh.segy import read_segy, write_segy
+
+    data = receivers3d(tmp_path)
+    write_segy(tmp_path / "ev1.sgy", data, "phi", (100.0, 250.0, -30.5))
+    segy = read_segy(tmp_path / "ev1.sgy", "phi", dimension=3)
+    np.testing.assert_allclose(segy.data.coordinates, data.coordinates, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(segy.sources, np.tile([100.0, 250.0, -30.5], (4, 1)), atol=1e-3)
+    np.testing.assert_array_equal(segy.data.traces["phi"], data.traces["phi"])
+    with segyio.open(tmp_path / "ev1.sgy", ignore_geometry=True) as f:
+        assert list(f.attributes(segyio.TraceField.GroupY)[:]) == [50000] * 4
+        offsets = list(f.attributes(segyio.TraceField.offset)[:])
+    assert offsets == [round(np.hypot(x - 100.0, 50.0 - 250.0)) for x in data.coordinates[:, 0]]
+    # through the command's function: receivers file -> SEG-Y -> receivers file
+    (tmp_path / "ev1.sgy").unlink()
+    (sgy,) = export_file(tmp_path / "receivers.h5")
+    (back,) = export_file(sgy, tmp_path / "back.h5", dimension=3)
+    again = read_receivers_h5(back)["ev1"]
+    np.testing.assert_allclose(again.coordinates, data.coordinates, atol=1e-3, rtol=0)
+    assert read_segy(sgy, "phi").data.coordinates.shape == (4, 2)  # a 2D reading: x, z

@@ -35,15 +35,17 @@ def _free(target: Path) -> Path:
 
 
 def export_file(file: Path, output: Path | None = None, field: str | None = None,
-                event: str | None = None, dt: float | None = None) -> list[Path]:
-    """Convert ``file`` by its kind (module docstring); returns the files written. Raises
-    ConfigError (one line, naming the option or file) on anything it cannot convert."""
+                event: str | None = None, dt: float | None = None,
+                dimension: int = 2) -> list[Path]:
+    """Convert ``file`` by its kind (module docstring); returns the files written. A SEG-Y
+    file is read as a 2D line or, ``dimension=3``, with 3D positions. Raises ConfigError (one
+    line, naming the option or file) on anything it cannot convert."""
     if not file.is_file():
         raise ConfigError(f"file: no such file {file}")
     if dt is not None and not dt > 0:
         raise ConfigError(f"--dt: expected a positive sample interval in seconds, got {dt}")
     if is_segy(file):
-        return [segy_to_receivers(file, output, field or "phi", event)]
+        return [segy_to_receivers(file, output, field or "phi", event, dimension)]
     try:
         fmt = str(read_attrs(file).get("format", ""))
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -64,13 +66,14 @@ def export_file(file: Path, output: Path | None = None, field: str | None = None
     return [target]
 
 
-def _sources_of(attrs: dict, event: str) -> tuple[float, float] | None:
-    """The first source position of ``event`` in the job spec a receivers file carries."""
+def _sources_of(attrs: dict, event: str) -> tuple[float, ...] | None:
+    """The first source position ``(x, y[, z])`` of ``event`` in the job spec a receivers
+    file carries."""
     try:
         for entry in attrs["job_spec"]["events"]:
             if entry["event_name"] == event:
                 s = entry["sources"][0]
-                return float(s["x"]), float(s["y"])
+                return tuple(float(s[a]) for a in ("x", "y", "z") if a in s)
     except (KeyError, TypeError, ValueError, IndexError):
         return None
     return None
@@ -92,12 +95,6 @@ def receivers_to_segy(file: Path, output: Path | None, field: str, event: str | 
             raise ConfigError(f"--event: no event '{event}' in {file} (it holds "
                               f"{', '.join(data) or 'none'})")
         data = {event: data[event]}
-    for name, rec in data.items():
-        if rec.coordinates.shape[1] != 2:
-            raise ConfigError(f"file: event '{name}' of {file} has 3D receivers (coordinates "
-                              f"(R, {rec.coordinates.shape[1]})); SEG-Y export carries 2D line "
-                              f"geometry only (x, elevation): export the mesh files to VTU, "
-                              f"or read the receivers file itself")
     pattern = str(output) if output is not None else str(file.parent / f"{EVENT_PLACEHOLDER}.sgy")
     if len(data) > 1 and EVENT_PLACEHOLDER not in pattern:
         raise ConfigError(f"output: {file} holds {len(data)} events; name the files with "
@@ -108,10 +105,13 @@ def receivers_to_segy(file: Path, output: Path | None, field: str, event: str | 
         if field not in rec.traces:
             raise ConfigError(f"--field: event '{name}' of {file} has no '{field}' traces "
                               f"(it has {', '.join(rec.traces)})")
+        three = rec.coordinates.shape[1] == 3
         text = (f"fwimpi export of {file.name}, event {name}, field {field}\n"
                 f"simulation dt {rec.dt!r} s, start time {rec.start_time!r} s\n"
-                f"x = GroupX, SourceX (scalar SourceGroupScalar); vertical y = "
-                f"ReceiverGroupElevation,\nSourceSurfaceElevation (scalar ElevationScalar), m")
+                + (f"x = GroupX, SourceX; y = GroupY, SourceY (scalar SourceGroupScalar);\n"
+                   f"vertical z = " if three else
+                   f"x = GroupX, SourceX (scalar SourceGroupScalar); vertical y = ")
+                + f"ReceiverGroupElevation,\nSourceSurfaceElevation (scalar ElevationScalar), m")
         try:
             written.append(write_segy(targets[name], rec, field, _sources_of(attrs, name),
                                       record=record, new_dt=dt, text=text))
@@ -121,12 +121,12 @@ def receivers_to_segy(file: Path, output: Path | None, field: str, event: str | 
 
 
 def segy_to_receivers(file: Path, output: Path | None, field: str,
-                      event: str | None) -> Path:
+                      event: str | None, dimension: int = 2) -> Path:
     """A receivers file (default: ``file`` with suffix ``.h5``) holding ``file``'s traces as
-    ``field`` of one event (default: the file's stem)."""
+    ``field`` of one event (default: the file's stem), positions ``(R, dimension)``."""
     name = event or file.stem
     try:
-        segy = read_segy(file, field)
+        segy = read_segy(file, field, dimension)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ConfigError(f"file: {_one_line(err)}") from None
     target = _free(output or file.with_suffix(".h5"))

@@ -441,7 +441,7 @@ def read_observed(spec: JobSpec, axis: TimeAxis) -> dict[str, np.ndarray]:
                     raise ConfigError(f"{field}: a SEG-Y file holds one event's traces; name "
                                       f"one file per event with a pattern such as "
                                       f"data/{EVENT_PLACEHOLDER}.sgy")
-                segy = read_segy(path, misfit.receiver_field)
+                segy = read_segy(path, misfit.receiver_field, spec.domain.dimension)
                 rec = segy.data
                 tolerance = segy_tolerance(segy.resolution)
                 check_segy_source(event, segy.sources, tolerance, f"{where}: {path}")
@@ -458,6 +458,10 @@ def read_observed(spec: JobSpec, axis: TimeAxis) -> dict[str, np.ndarray]:
                 raise
             raise ConfigError(f"{field}: cannot read {path}: {' '.join(str(err).split())}"
                               ) from None
+        if np.shape(rec.coordinates)[1:] != (spec.domain.dimension,):
+            raise ConfigError(f"{where}: {path} holds receivers at positions of shape "
+                              f"{np.shape(rec.coordinates)}, but the domain is "
+                              f"{spec.domain.dimension}D")
         traces = rec.traces.get(misfit.receiver_field)
         if traces is None:
             raise ConfigError(f"{where}: no '{misfit.receiver_field}' traces in {path}")

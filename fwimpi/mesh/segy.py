@@ -2,8 +2,10 @@
 
 Geometry of a 2D line (DESIGN.md, "Observed data"): receiver x from ``GroupX`` and the
 vertical y from ``ReceiverGroupElevation``, the source from ``SourceX`` and
-``SourceSurfaceElevation``; coordinates scaled by ``SourceGroupScalar`` and elevations by
-``ElevationScalar`` (SEG-Y rev 1: a positive scalar multiplies, a negative one divides, 0 means
+``SourceSurfaceElevation``. In 3D (``dimension=3``) the receivers are ``(GroupX, GroupY,
+ReceiverGroupElevation)`` and the source ``(SourceX, SourceY, SourceSurfaceElevation)``, the
+elevation being the vertical z. Coordinates are scaled by ``SourceGroupScalar`` and elevations
+by ``ElevationScalar`` (SEG-Y rev 1: a positive scalar multiplies, a negative one divides, 0 means
 1). The sample interval comes from the binary header (microseconds; the first trace header's
 when the binary header has none, and always for SU), the start time from the delay recording
 time (milliseconds). Samples are float32 (IEEE, format 5) when written; any format segyio reads
@@ -41,7 +43,7 @@ def is_segy(path: str | os.PathLike) -> bool:
 @dataclass(frozen=True)
 class SegyTraces:
     """The traces of one SEG-Y file: ``data`` (receiver positions, samples, dt, start time,
-    one field) and, per trace, the source position ``sources (R, 2)`` (m; NaN where the
+    one field) and, per trace, the source position ``sources (R, dim)`` (m; NaN where the
     headers hold none) and the ``resolution`` (m) of the stored coordinates: positions are
     exact to half of it."""
 
@@ -97,10 +99,14 @@ def _open(path: Path):
     raise FileFormatError(f"{path}: not a readable SEG-Y/SU file ({'; '.join(errors)})")
 
 
-def read_segy(path: str | os.PathLike, field: str) -> SegyTraces:
+def read_segy(path: str | os.PathLike, field: str, dimension: int = 2) -> SegyTraces:
     """The traces of a SEG-Y/SU file as ``field`` of one event (stations named ``trace<k>``,
-    k from 1 in file order). Sizes are bounded (``MAX_TRACE_VALUES``) before the samples are
-    read; malformed headers raise FileFormatError naming the file and header."""
+    k from 1 in file order), positions ``(R, dimension)``: ``dimension`` 2 reads a line (x,
+    elevation), 3 adds ``GroupY``/``SourceY``. Sizes are bounded (``MAX_TRACE_VALUES``)
+    before the samples are read; malformed headers raise FileFormatError naming the file and
+    header."""
+    if dimension not in (2, 3):
+        raise ValueError(f"dimension: 2 or 3, got {dimension!r}")
     segyio = _segyio()
     path = Path(path)
     tf, bf = segyio.TraceField, segyio.BinField
@@ -129,11 +135,16 @@ def read_segy(path: str | os.PathLike, field: str) -> SegyTraces:
             raise FileFormatError(f"{path}: traces start at different times (delay recording "
                                   f"time {delay[0]} ms on trace 1, {delay[k]} ms on trace {k + 1})")
         scalco, scalel = column(tf.SourceGroupScalar), column(tf.ElevationScalar)
-        receivers = np.column_stack([_scale(column(tf.GroupX), scalco),
-                                     _scale(column(tf.ReceiverGroupElevation), scalel)])
-        sx, sz = column(tf.SourceX), column(tf.SourceSurfaceElevation)
-        sources = np.column_stack([_scale(sx, scalco), _scale(sz, scalel)])
-        sources[(sx == 0) & (sz == 0)] = np.nan  # no source position in the headers
+        horizontal = [tf.GroupX, tf.GroupY][: dimension - 1]
+        receivers = np.column_stack([_scale(column(k), scalco) for k in horizontal]
+                                    + [_scale(column(tf.ReceiverGroupElevation), scalel)])
+        stored = [column(k) for k in [tf.SourceX, tf.SourceY][: dimension - 1]]
+        sz = column(tf.SourceSurfaceElevation)
+        sources = np.column_stack([_scale(s, scalco) for s in stored] + [_scale(sz, scalel)])
+        none = sz == 0
+        for s in stored:
+            none &= s == 0
+        sources[none] = np.nan  # no source position in the headers
         traces = np.asarray(f.trace.raw[:], dtype=np.float64).reshape(n_traces, n_samples)
     data = ReceiverData(traces={field: traces}, coordinates=receivers,
                         dt=interval / 1e6, start_time=float(delay[0]) / 1e3,
@@ -178,11 +189,13 @@ def segy_time_axis(dt: float, start_time: float, n_samples: int,
 
 
 def write_segy(path: str | os.PathLike, data: ReceiverData, field: str,
-               source: tuple[float, float] | None, record: int = 1,
+               source: tuple[float, ...] | None, record: int = 1,
                new_dt: float | None = None, text: str = "") -> Path:
     """Write ``data.traces[field]`` as SEG-Y rev 1 (IEEE float32, big-endian), atomically: one
     trace per receiver in the file's order with its geometry (scalars chosen so positions are
-    exact to 1 mm where they fit), the ``source`` position (m) on every trace, field record
+    exact to 1 mm where they fit; coordinates ``(R, 2)``: x and elevation, ``(R, 3)``: x, y
+    and elevation, the offset then horizontal), the ``source`` position (m, as many
+    coordinates) on every trace, field record
     ``record``, and ``text`` in the textual header. Traces are resampled (band-limited) when
     their time axis is not whole microseconds and milliseconds (``segy_time_axis``)."""
     from fwimpi.sem.signals import resample
@@ -197,15 +210,24 @@ def write_segy(path: str | os.PathLike, data: ReceiverData, field: str,
         traces = resample(traces, data.dt, data.start_time, interval * 1e-6, delay * 1e-3,
                           count)
     coords = np.asarray(data.coordinates, dtype=np.float64)
-    src = np.array([np.nan, np.nan] if source is None else source, dtype=np.float64)
-    xs = np.concatenate([coords[:, 0], src[:1][np.isfinite(src[:1])]])
-    ys = np.concatenate([coords[:, 1], src[1:][np.isfinite(src[1:])]])
-    scalco = _coordinate_scalar(xs, "coordinates")
-    scalel = _coordinate_scalar(ys, "coordinates")
-    gx, gz = _stored(coords[:, 0], scalco), _stored(coords[:, 1], scalel)
+    dim = coords.shape[1]
+    if dim not in (2, 3):
+        raise FileFormatError(f"coordinates: (R, 2) or (R, 3), got {coords.shape}")
+    src = np.full(dim, np.nan) if source is None else np.asarray(source, dtype=np.float64)
+    if src.shape != (dim,):
+        raise FileFormatError(f"source: {dim} coordinates, got {source}")
+    horizontal = np.concatenate([coords[:, :-1].ravel(), src[:-1][np.isfinite(src[:-1])]])
+    vertical = np.concatenate([coords[:, -1], src[-1:][np.isfinite(src[-1:])]])
+    scalco = _coordinate_scalar(horizontal, "coordinates")
+    scalel = _coordinate_scalar(vertical, "coordinates")
+    gx, gz = _stored(coords[:, 0], scalco), _stored(coords[:, -1], scalel)
+    gy = _stored(coords[:, 1], scalco) if dim == 3 else np.zeros(len(coords), dtype=np.int64)
     sx = int(_stored(src[:1], scalco)[0]) if source is not None else 0
-    sz = int(_stored(src[1:], scalel)[0]) if source is not None else 0
-    offsets = np.rint(coords[:, 0] - (src[0] if source is not None else 0.0)).astype(np.int64)
+    sy = int(_stored(src[1:2], scalco)[0]) if source is not None and dim == 3 else 0
+    sz = int(_stored(src[-1:], scalel)[0]) if source is not None else 0
+    shift = coords[:, :-1] - (src[:-1] if source is not None else 0.0)
+    offsets = (np.rint(shift[:, 0]) if dim == 2 else
+               np.rint(np.hypot(shift[:, 0], shift[:, 1]))).astype(np.int64)
 
     spec = segyio.spec()
     spec.format = 5
@@ -231,8 +253,9 @@ def write_segy(path: str | os.PathLike, data: ReceiverData, field: str,
                     tf.TRACE_SEQUENCE_LINE: k + 1, tf.TRACE_SEQUENCE_FILE: k + 1,
                     tf.FieldRecord: record, tf.TraceNumber: k + 1,
                     tf.TraceIdentificationCode: 1,
-                    tf.SourceX: sx, tf.SourceY: 0, tf.SourceSurfaceElevation: sz,
-                    tf.GroupX: int(gx[k]), tf.GroupY: 0, tf.ReceiverGroupElevation: int(gz[k]),
+                    tf.SourceX: sx, tf.SourceY: sy, tf.SourceSurfaceElevation: sz,
+                    tf.GroupX: int(gx[k]), tf.GroupY: int(gy[k]),
+                    tf.ReceiverGroupElevation: int(gz[k]),
                     tf.offset: int(offsets[k]), tf.SourceGroupScalar: scalco,
                     tf.ElevationScalar: scalel, tf.CoordinateUnits: 1,
                     tf.DelayRecordingTime: delay, tf.TRACE_SAMPLE_COUNT: count,
