@@ -301,14 +301,14 @@ def _span(axis: np.ndarray, lo: float, hi: float) -> slice:
 
 
 def _slice_figure(plt, grid: TensorGrid, blocks: list[dict], positions, box, sites, near,
-                  bars: list[tuple[str, list[int]]]):
+                  bars: list[tuple[str, list[int]]], title_lines: int = 0):
     """One figure of ``blocks`` side by side, each the three ``SLICES`` of a volume through
     ``positions (x, y, z)`` (m) in an orthographic layout, cropped to ``box`` (6-tuple, or
     None for the whole grid). A block is ``{"volume": (nz, ny, nx), "title": str, "cmap":
     str, "limits": (lo, hi)}``; ``bars`` are ``(label, [block index, ...])``: one colour bar
     for those blocks. ``sites = (sources (S, 3), receivers (R, 3))`` are marked, projected, in
-    the slices they lie within ``near[axis]`` metres of. Returns the figure and its slice
-    axes ``[block][slice]``."""
+    the slices they lie within ``near[axis]`` metres of; ``title_lines`` of a suptitle get
+    room above the panels. Returns the figure and its slice axes ``[block][slice]``."""
     extent = [(box[2 * a], box[2 * a + 1]) if box is not None else (axis[0], axis[-1])
               for a, axis in enumerate(grid.axes)]
     size = [max(hi - lo, 1e-30) for lo, hi in extent]
@@ -316,8 +316,10 @@ def _slice_figure(plt, grid: TensorGrid, blocks: list[dict], positions, box, sit
     n = len(blocks)
     fig = plt.figure(figsize=(min(7.5 * n, 21.0), min(5.6 * (wz + wy) / (wx + wy) + 1.2, 12.0)),
                      dpi=110)
+    top = {} if not title_lines else {
+        "top": 1.0 - (0.25 + 0.17 * title_lines) / fig.get_figheight()}  # inches -> fraction
     layout = fig.add_gridspec(2, 2 * n, width_ratios=[wx, wy] * n, height_ratios=[wz, wy],
-                              wspace=0.3, hspace=0.35)
+                              wspace=0.3, hspace=0.35, **top)
     cells = {"x-z": (0, 0), "y-z": (0, 1), "x-y": (1, 0)}
     styles = {"receivers": dict(marker="v", s=14, c="k", edgecolors="w", linewidths=0.4,
                                 zorder=3),
@@ -394,9 +396,11 @@ def _plot_field3d(path: Path, out: Path, mesh, name: str, values: np.ndarray, gr
              f"{name} kernel (gradient / mass)") if gradient else name
     plt = _pyplot()
     block = {"volume": grid.volume(values), "title": "", "cmap": cmap, "limits": limits}
+    title = _field_title(path, mesh.attrs, name, clip)
     fig, _ = _slice_figure(plt, grid, [block], positions, box, _sites3d(mesh.attrs),
-                           _element_sizes(points, mesh.cells), [(label, [0])])
-    fig.suptitle(_field_title(path, mesh.attrs, name, clip), fontsize=9)
+                           _element_sizes(points, mesh.cells), [(label, [0])],
+                           title_lines=title.count("\n") + 1)
+    fig.suptitle(title, fontsize=9)
     return _save(fig, plt, out)
 
 
