@@ -21,6 +21,13 @@ the receiver nearest the left edge in the last 0.3 s. A layer of
 d0 = 2 to 8 1/s lowers the energy returned over the whole domain (9.6e-5 to 5e-5 of the
 incident) but sends its low frequencies back up to the surface. So the layer is off by default
 (``layer_reflection = 1``) and the margins are undamped room in front of the Stacey edge.
+
+In 3D (tests/test_absorbing3d.py; jobs/tutorial_3d.yaml scaled down: 800 m x 400 m x 400 m,
+Ricker 5 Hz, order 4, 100 m elements, 7 surface receivers along x, 1.2 s; the same measure
+against a reference with 1300 m of closed margin on every side but the top) the Stacey faces
+leave 9.89% at 0.25 wavelengths (of 2000 m/s at 5 Hz) of margin, 5.28% at 0.5 (the
+tutorial's) and 1.95% at 1, where the closed box, with no absorbing term, leaves 153%, 116%
+and 70%. The worst receiver is the one nearest the x1 face (28%, 14% and 4.6%).
 """
 
 import math
