@@ -296,6 +296,7 @@ class LeapfrogStepper:
         adjoint_sources: np.ndarray,
         forward: Callable[[int], np.ndarray],
         record: PointSampling | None = None,
+        on_record: Callable[[int, np.ndarray], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Discrete adjoint of ``run`` and the model kernels: ``(g0, g1, lam)``.
 
@@ -318,6 +319,9 @@ class LeapfrogStepper:
         and scales it by ``-dt^2/M`` at the end (``m0_scale``; 0 at fixed points).
         ``lam (S, n_steps)`` holds ``l[n]`` sampled at ``record``: for sources
         ``dJ/df_s[n] = lam[s, n]``, i.e. the transpose of the forward map (None without).
+        With ``on_record(k, row)`` the samples are not stored: each ``l[k]`` at the rows,
+        ``(S,)``, is passed as it is computed (k = n-1 down to 0; ``row`` is reused) and
+        ``lam`` is None.
         """
         n = n_steps
         signals = np.ascontiguousarray(adjoint_sources[:, ::-1])  # reversed step j <-> m = n - j
@@ -327,7 +331,8 @@ class LeapfrogStepper:
         kv = self.work
         kv[:] = 0.0
         # l[n] at the recorded rows, step-major so that each step writes one contiguous row
-        lam = None if record is None else np.zeros((n + 1, len(record)))
+        lam = None if record is None or on_record is not None else np.zeros((n + 1, len(record)))
+        row = None if on_record is None else np.zeros((len(record), 1))
         self.stiffness.add_with_gradient(v, v_old, kv, acc)  # compile outside the loop
         for j in range(n):
             m = n - j
@@ -339,6 +344,9 @@ class LeapfrogStepper:
             _adjoint_update(v, v_old, kv, self.cf, *self._special, sum_ukv, u_m)  # v_old <- l[m-1]
             if lam is not None:
                 _sample(v_old, record.indices, record.weights, lam.T, m - 1)
+            elif row is not None:
+                _sample(v_old, record.indices, record.weights, row, 0)
+                on_record(m - 1, row[:, 0])
             v_old, v = v, v_old
             if self.progress is not None:
                 self.progress(j + 1)
