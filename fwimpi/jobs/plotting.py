@@ -82,14 +82,7 @@ def plot_field(path: Path, out: Path, field: str | None = None, clip: float | No
     box = _domain(mesh.attrs) if crop else None
     points = mesh.points
     inside, triangles = _cropped(points, mesh.cells, mesh.order, box)
-    if gradient:
-        vmax = float(np.abs(values[inside]).max()) or 1.0
-        if clip is not None:
-            vmax *= clip
-            values = np.clip(values, -vmax, vmax)
-        limits, cmap = (-vmax, vmax), "RdBu_r"
-    else:
-        limits, cmap = (float(values[inside].min()), float(values[inside].max())), "viridis"
+    values, limits, cmap = _colour_scale(values, inside, gradient, clip)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
     art = ax.tripcolor(points[:, 0], points[:, 1], triangles, values, shading="gouraud",
@@ -107,6 +100,20 @@ def plot_field(path: Path, out: Path, field: str | None = None, clip: float | No
         ax.set_xlim(box[0], box[1])
         ax.set_ylim(box[2], box[3])
     return _save(fig, plt, out)
+
+
+def _colour_scale(values: np.ndarray, inside: np.ndarray, gradient: bool,
+                  clip: float | None) -> tuple[np.ndarray, tuple[float, float], str]:
+    """The values to draw, their colour limits and map: a gradient on a symmetric scale of
+    its largest magnitude inside the domain (``inside``, a mask), clipped at ``clip`` times
+    it; other fields from their min to max inside."""
+    if not gradient:
+        return values, (float(values[inside].min()), float(values[inside].max())), "viridis"
+    vmax = float(np.abs(values[inside]).max()) or 1.0
+    if clip is not None:
+        vmax *= clip
+        values = np.clip(values, -vmax, vmax)
+    return values, (-vmax, vmax), "RdBu_r"
 
 
 def _field_title(path: Path, attrs: dict, name: str, clip: float | None) -> str:
@@ -382,14 +389,7 @@ def _plot_field3d(path: Path, out: Path, mesh, name: str, values: np.ndarray, gr
     box = _domain3d(mesh.attrs) if crop else None
     points = mesh.points
     inside = _inside3d(points, box)
-    if gradient:
-        vmax = float(np.abs(values[inside]).max()) or 1.0
-        if clip is not None:
-            vmax *= clip
-            values = np.clip(values, -vmax, vmax)
-        limits, cmap = (-vmax, vmax), "RdBu_r"
-    else:
-        limits, cmap = (float(values[inside].min()), float(values[inside].max())), "viridis"
+    values, limits, cmap = _colour_scale(values, inside, gradient, clip)
     grid = TensorGrid.of(points)
     positions = slice_positions(mesh.attrs, _domain3d(mesh.attrs), points)
     label = (name if name.endswith(("_kernel", "_preconditioned")) else

@@ -98,18 +98,7 @@ class StructuredMesh:
     def point_indices(self, xy: np.ndarray, tolerance: float = 1e-9) -> np.ndarray:
         """Natural indices ``(Q,)`` of points ``(Q, 2)`` that are GLL points of this mesh (to
         ``tolerance`` times its size); ValueError for a point that is not."""
-        xy = np.atleast_2d(np.asarray(xy, dtype=float))
-        index = []
-        for c, axis in zip(xy.T, self.axes()):
-            k = np.clip(np.searchsorted(axis, c), 1, len(axis) - 1)
-            k = np.where(np.abs(axis[k - 1] - c) <= np.abs(axis[k] - c), k - 1, k)
-            scale = tolerance * (axis[-1] - axis[0])
-            off = np.abs(axis[k] - c) > scale
-            if off.any():
-                q = int(np.flatnonzero(off)[0])
-                raise ValueError(f"point {tuple(xy[q])} is not a point of the mesh")
-            index.append(k)
-        return index[1] * self.npx + index[0]
+        return grid_point_indices(xy, self.axes(), tolerance)
 
     @property
     def npx(self) -> int:
@@ -213,6 +202,24 @@ class StructuredMesh:
         ey = np.clip(np.ceil(sy - 1e-12).astype(int) - 1, 0, self.ney - 1)
         ref = np.column_stack((2.0 * (sx - ex) - 1.0, 2.0 * (sy - ey) - 1.0))
         return ex + self.nex * ey, np.clip(ref, -1.0, 1.0)
+
+
+def grid_point_indices(points: np.ndarray, axes, tolerance: float = 1e-9) -> np.ndarray:
+    """Natural indices ``(Q,)`` (the first axis fastest) of ``points (Q, dim)`` on the tensor
+    grid of ``axes`` (one coordinate array per axis), each within ``tolerance`` times the
+    axis's extent of a grid point; ValueError for a point that is not."""
+    points = np.atleast_2d(np.asarray(points, dtype=float))
+    index, stride = np.zeros(len(points), dtype=np.int64), 1
+    for c, axis in zip(points.T, axes):
+        k = np.clip(np.searchsorted(axis, c), 1, len(axis) - 1)
+        k = np.where(np.abs(axis[k - 1] - c) <= np.abs(axis[k] - c), k - 1, k)
+        off = np.abs(axis[k] - c) > tolerance * (axis[-1] - axis[0])
+        if off.any():
+            q = int(np.flatnonzero(off)[0])
+            raise ValueError(f"point {tuple(points[q])} is not a point of the mesh")
+        index += stride * k
+        stride *= len(axis)
+    return index
 
 
 def build_mesh(domain: Box, margin: float, element_size: float, order: int) -> StructuredMesh:

@@ -128,18 +128,9 @@ class StructuredMesh3D:
     def point_indices(self, xyz: np.ndarray, tolerance: float = 1e-9) -> np.ndarray:
         """Natural indices ``(Q,)`` of points ``(Q, 3)`` that are GLL points of this mesh (to
         ``tolerance`` times its size); ValueError for a point that is not."""
-        xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
-        index = []
-        for c, axis in zip(xyz.T, self.axes()):
-            k = np.clip(np.searchsorted(axis, c), 1, len(axis) - 1)
-            k = np.where(np.abs(axis[k - 1] - c) <= np.abs(axis[k] - c), k - 1, k)
-            off = np.abs(axis[k] - c) > tolerance * (axis[-1] - axis[0])
-            if off.any():
-                q = int(np.flatnonzero(off)[0])
-                raise ValueError(f"point {tuple(xyz[q])} is not a point of the mesh")
-            index.append(k)
-        npx, npy, _ = self.point_shape
-        return index[0] + npx * (index[1] + npy * index[2])
+        from .structured import grid_point_indices
+
+        return grid_point_indices(xyz, self.axes(), tolerance)
 
     def element_indices(self, elements: np.ndarray | None = None):
         """``ex, ey, ez`` of elements (all by default)."""
