@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numba
 import numpy as np
 
 from .geometry import ElementGeometry
@@ -220,6 +221,16 @@ def _box_faces_3d(geometry: ElementGeometry, box: tuple[float, ...]) -> np.ndarr
     return face
 
 
+@numba.njit(cache=True)
+def _boundary_term(gc, u, b, l_k, later):
+    """One step of ``gC``: ``gc += u[b] (l[k] - l[k+2])`` with ``later = (l[k+1], l[k+2])``
+    ``(2, B)``, which then becomes ``(l[k], l[k+1])``."""
+    for i in range(len(b)):
+        gc[i] += u[b[i]] * (l_k[i] - later[1, i])
+        later[1, i] = later[0, i]
+        later[0, i] = l_k[i]
+
+
 class AbsorbingStepper(LeapfrogStepper):
     """A ``LeapfrogStepper`` whose damping ``C`` includes the Stacey term of ``boundary`` for
     the coefficients ``m0, m1 (P,)`` (``set_boundary_model`` replaces them), and whose adjoint
@@ -269,22 +280,18 @@ class AbsorbingStepper(LeapfrogStepper):
             rows = PointSampling(np.vstack((record.indices, idx)), np.vstack((record.weights, wts)))
         n_rec = 0 if record is None else len(record)
         lam = None if record is None else np.zeros((n_rec, n_steps))
-        u_m = np.zeros(nb)  # u[m] at the boundary, m the step running
-        later = [np.zeros(nb), np.zeros(nb)]  # l[m], l[m+1] (l[n] = l[n+1] = 0)
+        u_m = [None]  # u[m], m the step running (valid until the next forward(m))
+        later = np.zeros((2, nb))  # l[m], l[m+1] at the boundary (l[n] = l[n+1] = 0)
         gc = np.zeros(nb)
 
         def forward_at_boundary(m):
-            u = forward(m)
-            u_m[:] = u[b]
-            return u
+            u_m[0] = forward(m)
+            return u_m[0]
 
-        def on_record(k, values):  # l[k], k = m - 1: the term of step m is complete
+        def on_record(k, values):  # l[k], k = m - 1: the term u[m] (l[m-1] - l[m+1])
             if lam is not None:
                 lam[:, k] = values[:n_rec]
-            l_k = values[n_rec:]
-            gc[:] += u_m * (l_k - later[1])  # u[m] (l[m-1] - l[m+1])
-            later[1][:] = later[0]
-            later[0][:] = l_k
+            _boundary_term(gc, u_m[0], b, values[n_rec:], later)
 
         g0, g1, _ = super().adjoint(n_steps, receivers, adjoint_sources, forward_at_boundary,
                                     rows, on_record)
