@@ -203,7 +203,3 @@ def build_mesh3d(domain: Box3, margin: float, element_size: float,
     counts = [max(1, math.ceil((hi - lo) / element_size - 1e-9)) for lo, hi in extended.bounds]
     return StructuredMesh3D(domain, extended, float(margin), int(order), *counts)
 
-
-def n_points3d(domain: Box3, margin: float, element_size: float, order: int) -> int:
-    """Points of ``build_mesh3d(...)`` without building it (for bounds checks)."""
-    return build_mesh3d(domain, margin, element_size, order).n_points
