@@ -244,12 +244,21 @@ class ForwardWavefield:
     def _row(self, k: int, c0: int, c1: int) -> int:
         return (k - c0) // self.interval if k != c1 else len(self.rows) - 1
 
-    def _keep(self, c0: int, c1: int):
-        """``on_step`` storing u at multiples of the interval and at the chunk's end."""
+    def _keep(self, c0: int, c1: int) -> dict:
+        """``advance``'s arguments storing u at multiples of the interval and at the chunk's
+        end: ``keep`` (rows and the row of each step) for an array, an ``on_step`` for the
+        compressed rows."""
+        steps = [k for k in range(c0 + 1, c1 + 1) if (k - c0) % self.interval == 0 or k == c1]
+        if isinstance(self.rows, np.ndarray):
+            row_of = np.full(c1 + 1, -1, dtype=np.int64)
+            row_of[steps] = [self._row(k, c0, c1) for k in steps]
+            return {"keep": (self.rows, row_of)}
+        kept = set(steps)
+
         def on_step(k, u, _):
-            if (k - c0) % self.interval == 0 or k == c1:
+            if k in kept:
                 self.rows[self._row(k, c0, c1)] = u
-        return on_step
+        return {"on_step": on_step}
 
     def run_forward(self, receivers: PointSampling) -> np.ndarray:
         """The forward run: traces ``(R, n_steps + 1)``; keeps checkpoints (or everything)."""
@@ -262,20 +271,21 @@ class ForwardWavefield:
         every = self.save_every or self.chunk
         stops = sorted(set(range(0, self.n_steps, every)) | set(range(0, self.n_steps, self.chunk)))
         last = ((self.n_steps - 1) // self.chunk) * self.chunk  # the adjoint's first chunk
+        kept = self._keep(0 if in_memory else last, self.n_steps)
         for c0, c1 in zip(stops, stops[1:] + [self.n_steps]):
             if self.save is not None and c0 % every == 0:
                 self.save(c0, state)
             if not in_memory and self.load is None and c0 % self.chunk == 0:
                 self.checkpoints[c0] = state.copy()
-            keep = None
+            keep = {}
             if in_memory:
-                keep = self._keep(0, self.n_steps)
+                keep = kept
             elif c0 >= last:  # keep the last chunk's samples now instead of recomputing them
                 if c0 == last:
                     self.rows[0] = state.u
-                keep = self._keep(last, self.n_steps)
+                keep = kept
                 self._loaded = (last, self.n_steps)
-            self.stepper.advance(state, c1, self.sources, self.signals, receivers, traces, keep)
+            self.stepper.advance(state, c1, self.sources, self.signals, receivers, traces, **keep)
         return traces
 
     def _load(self, m: int) -> tuple[int, int]:
@@ -284,8 +294,7 @@ class ForwardWavefield:
         if self._loaded != (c0, c1):
             state = self.load_state(c0)
             self.rows[0] = state.u
-            self.stepper.advance(state, c1, self.sources, self.signals,
-                                 on_step=self._keep(c0, c1))
+            self.stepper.advance(state, c1, self.sources, self.signals, **self._keep(c0, c1))
             self.recomputed_steps += c1 - c0
             self._loaded = (c0, c1)
         return c0, c1

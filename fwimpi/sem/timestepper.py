@@ -62,21 +62,32 @@ class PointSampling:
 
 
 @numba.njit(cache=True, fastmath=True)
-def _update(u, u_old, ku, cf, special, s_cu, s_co, s_cf, s_new):
+def _update(u, u_old, ku, cf, special, s_cu, s_co, s_cf, s_new, row):
     """One leapfrog step in place: ``u_old <- u[n+1]``; zeroes ``ku`` for the next step.
 
     ``u[n+1] = 2 u - u_old - cf ku`` at every point but the ``special`` ones (``(S,)``
     indices: damped or fixed), which take ``s_cu u + s_co u_old - s_cf ku`` (``(S,)`` each;
     ``s_new (S,)`` is scratch). Four streams read, two written: the step is bandwidth-bound.
+    A non-empty ``row (P,)`` gets a copy of ``u[n+1]`` (the stored forward wavefield) in the
+    same pass.
     """
     for s in range(special.shape[0]):
         p = special[s]
         s_new[s] = s_cu[s] * u[p] + s_co[s] * u_old[p] - s_cf[s] * ku[p]
-    for i in range(u.shape[0]):
-        u_old[i] = 2.0 * u[i] - u_old[i] - cf[i] * ku[i]
-        ku[i] = 0.0
+    if row.shape[0] == 0:
+        for i in range(u.shape[0]):
+            u_old[i] = 2.0 * u[i] - u_old[i] - cf[i] * ku[i]
+            ku[i] = 0.0
+    else:
+        for i in range(u.shape[0]):
+            new = 2.0 * u[i] - u_old[i] - cf[i] * ku[i]
+            u_old[i] = new
+            row[i] = new
+            ku[i] = 0.0
     for s in range(special.shape[0]):
         u_old[special[s]] = s_new[s]
+        if row.shape[0] != 0:
+            row[special[s]] = s_new[s]
 
 
 @numba.njit(cache=True)
@@ -164,6 +175,7 @@ class LeapfrogStepper:
         self.all_ranks = all_ranks
         # the array K u - f accumulates into: the halo exchange's own buffer if it has one
         self.work = np.zeros(self.n_points) if work is None else work
+        self._no_row = np.zeros(0)  # ``_update``'s row when nothing is stored
         #: ``progress(steps_done)`` after every step of ``advance`` and ``adjoint`` (or None)
         self.progress: Callable[[int], None] | None = None
         self._compile()
@@ -205,7 +217,8 @@ class LeapfrogStepper:
         """Compile (or load from numba's cache) every kernel of the loop, outside of it."""
         one, idx, w = np.zeros(1), np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1))
         none = np.zeros(0, dtype=np.int64)
-        _update(one, one.copy(), one.copy(), one, none, one, one, one, one.copy())
+        _update(one, one.copy(), one.copy(), one, none, one, one, one, one.copy(), self._no_row)
+        _update(one, one.copy(), one.copy(), one, none, one, one, one, one.copy(), one.copy())
         _sample(one, idx, w, np.zeros((1, 1)), 0)
         _sample(one, idx, w, np.zeros((2, 2)).T, 0)  # adjoint: lam.T, step-major
         _all_finite(one)
@@ -237,11 +250,14 @@ class LeapfrogStepper:
         receivers: PointSampling | None = None,
         traces: np.ndarray | None = None,
         on_step: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+        keep: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> State:
         """Step ``state`` from its step n to ``n_end`` (updates and returns it).
 
         Records ``traces[:, k]`` (``(R, >= n_end + 1)``) for k = n+1..n_end if given, and
-        calls ``on_step(k, u[k], u[k-1])`` after each step.
+        calls ``on_step(k, u[k], u[k-1])`` after each step. ``keep = (rows (S, P), row_of)``
+        stores ``u[k]`` in ``rows[row_of[k]]`` where that is not negative (``row_of`` indexed
+        by step, at least ``n_end + 1`` long), in the step's own pass over the points.
         """
         if signals.ndim != 2 or signals.shape[0] != len(sources) or signals.shape[1] < n_end:
             raise ValueError(f"signals must be (n_sources={len(sources)}, >= {n_end}), "
@@ -256,7 +272,9 @@ class LeapfrogStepper:
             _inject(ku, src_idx, src_w, signals, n)
             if self.assemble is not None:
                 self.assemble(ku)
-            _update(u, u_old, ku, self.cf, *self._special)  # u_old <- u[n+1]
+            row = (self._no_row if keep is None or keep[1][n + 1] < 0 else
+                   keep[0][keep[1][n + 1]])
+            _update(u, u_old, ku, self.cf, *self._special, row)  # u_old <- u[n+1]
             u_old, u = u, u_old
             if record:
                 _sample(u, receivers.indices, receivers.weights, traces, n + 1)
