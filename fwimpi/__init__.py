@@ -5,7 +5,7 @@
 ``fwimpi.load_job_spec`` (a YAML job spec into its objects, ``fwimpi.jobs.spec``).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ("Simulation", "load_job_spec", "parse_job_spec", "__version__")
 

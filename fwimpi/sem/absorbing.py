@@ -12,8 +12,9 @@ summed face weights (m in 2D, m^2 in 3D) of point ``i``. It depends on the model
 
 Measured on the tutorial (tests/test_absorbing.py; relative L2 error of the 10 surface traces
 against a mesh too large for anything to return, 3.5 wavelengths of margin): the quadratic
-layer alone (R = 1e-2, the former choice) 1.04%, the Stacey term alone 0.105%, the two together
-1.02%. With the Stacey term every layer ``d = d0 (r/L)^p`` tried made the surface traces
+layer alone (R = 1e-2, the former choice) 1.04%, the Stacey term alone 0.087% (with the
+time stepper's lagged damping velocity, ``timestepper.DAMPING_WEIGHTS``; 0.105% with the
+centred one, the figures below), the two together 1.02%. With the Stacey term every layer ``d = d0 (r/L)^p`` tried made the surface traces
 worse (d0 of 0.1 to 100 1/s, p of 1 to 8, ramps starting 0 to 3/4 into the margin: 0.108% to
 5.7%), and so did scaling the Stacey term by 0.97 to 1.03 instead of 1 (0.107% to 0.155%).
 The rest is first-order Stacey's own reflection (oblique and low-frequency waves), back at
@@ -25,9 +26,10 @@ incident) but sends its low frequencies back up to the surface. So the layer is 
 In 3D (tests/test_absorbing3d.py; jobs/tutorial_3d.yaml scaled down: 800 m x 400 m x 400 m,
 Ricker 5 Hz, order 4, 100 m elements, 7 surface receivers along x, 1.2 s; the same measure
 against a reference with 1300 m of closed margin on every side but the top) the Stacey faces
-leave 9.89% at 0.25 wavelengths (of 2000 m/s at 5 Hz) of margin, 5.28% at 0.5 (the
-tutorial's) and 1.95% at 1, where the closed box, with no absorbing term, leaves 153%, 116%
-and 70%. The worst receiver is the one nearest the x1 face (28%, 14% and 4.6%).
+leave 9.55% at 0.25 wavelengths (of 2000 m/s at 5 Hz) of margin, 4.98% at 0.5 (the
+tutorial's) and 1.69% at 1 (9.89%, 5.28% and 1.95% with the centred damping velocity), where
+the closed box, with no absorbing term, leaves 153%, 116% and 70%. The worst receiver is the
+one nearest the x1 face (28%, 14% and 4.6% centred).
 """
 
 import math
@@ -40,7 +42,7 @@ import numpy as np
 from .geometry import ElementGeometry
 from .gll import derivative_matrix, gll_points_weights
 from .operators import assembled_sum
-from .timestepper import LeapfrogStepper, PointSampling
+from .timestepper import DAMPING_WEIGHTS, LeapfrogStepper, PointSampling
 
 #: Amplitude left after the round trip through the damping layer (normal incidence) with no
 #: Stacey term: reflected/incident energy 1.6e-4 at 1e-2, 2.7e-4 at 1e-3, 4.5e-4 at 1e-4,
@@ -222,11 +224,11 @@ def _box_faces_3d(geometry: ElementGeometry, box: tuple[float, ...]) -> np.ndarr
 
 
 @numba.njit(cache=True)
-def _boundary_term(gc, u, b, l_k, later):
-    """One step of ``gC``: ``gc += u[b] (l[k] - l[k+2])`` with ``later = (l[k+1], l[k+2])``
-    ``(2, B)``, which then becomes ``(l[k], l[k+1])``."""
+def _boundary_term(gc, u, b, l_k, later, w_plus, w_0, w_minus):
+    """One step of ``gC``: ``gc += u[b] (w+ l[k] + w0 l[k+1] + w- l[k+2])`` with ``later =
+    (l[k+1], l[k+2])`` ``(2, B)``, which then becomes ``(l[k], l[k+1])``."""
     for i in range(len(b)):
-        gc[i] += u[b[i]] * (l_k[i] - later[1, i])
+        gc[i] += u[b[i]] * (w_plus * l_k[i] + w_0 * later[0, i] + w_minus * later[1, i])
         later[1, i] = later[0, i]
         later[0, i] = l_k[i]
 
@@ -238,7 +240,8 @@ class AbsorbingStepper(LeapfrogStepper):
 
     ``LeapfrogStepper.adjoint``'s kernels treat all of ``C`` as ``m0`` times a fixed rate:
     ``dC/dm0 = C/m0``. For ``C_Gamma = s sqrt(m0 m1)`` the derivatives are ``C_Gamma / (2 m0)``
-    and ``C_Gamma / (2 m1)``. With ``gC = sum_m u[m] dt/2 (l[m-1] - l[m+1])`` at the boundary
+    and ``C_Gamma / (2 m1)``. With ``gC = sum_m u[m] dt (w+ l[m-1] + w0 l[m] + w- l[m+1])``
+    (``DAMPING_WEIGHTS``) at the boundary
     points (``dJ/dC = -gC / dt^2``), the kernels become
 
         g0 -= C_Gamma / (2 M) gC,    g1 += C_Gamma / (2 m1) gC / dt^2.
@@ -291,11 +294,11 @@ class AbsorbingStepper(LeapfrogStepper):
         def on_record(k, values):  # l[k], k = m - 1: the term u[m] (l[m-1] - l[m+1])
             if lam is not None:
                 lam[:, k] = values[:n_rec]
-            _boundary_term(gc, u_m[0], b, values[n_rec:], later)
+            _boundary_term(gc, u_m[0], b, values[n_rec:], later, *DAMPING_WEIGHTS)
 
         g0, g1, _ = super().adjoint(n_steps, receivers, adjoint_sources, forward_at_boundary,
                                     rows, on_record)
-        gc *= 0.5 * self.dt
+        gc *= self.dt
         c_gamma = self.boundary.weights * np.sqrt(self._m0 * self._m1)
         g0[b] -= 0.5 * c_gamma / self._mass * gc
         g1[b] += 0.5 * c_gamma / self._m1 * gc / self.dt**2
