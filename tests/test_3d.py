@@ -3,10 +3,6 @@ example job validates, and a small 3D job gives the same receivers, gradients, m
 smoothed files on 1, 2, 3 and 4 real MPI ranks."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -15,9 +11,9 @@ import pytest
 
 from fwimpi.cli import main
 from fwimpi.jobs.spec import load_job_spec
+from launch import exec_on_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
-MPIRUN = shutil.which("mpirun")
 
 JOB = """
 name: small3d
@@ -56,23 +52,10 @@ output: out
 """
 
 
-def mpirun(n: int, *argv, timeout=300):
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    cmd = [MPIRUN, "-n", str(n), "--oversubscribe", sys.executable, "-m", "mpi4py", *argv]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The small 3D job run by ``fwimpi exec`` on 1, 2, 3 and 4 ranks."""
-    out = {}
-    for n in (1, 2, 3, 4):
-        folder = tmp_path_factory.mktemp(f"np{n}")
-        (folder / "job.yaml").write_text(JOB)
-        proc = mpirun(n, "-m", "fwimpi.cli", "exec", str(folder / "job.yaml"))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out[n] = folder / "out"
-    return out
+    return exec_on_ranks(JOB, tmp_path_factory)
 
 
 def read(path: Path, name: str) -> np.ndarray:

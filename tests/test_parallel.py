@@ -12,10 +12,10 @@ import h5py
 import numpy as np
 import pytest
 
+from launch import MPIRUN, exec_on_ranks, mpirun
 from test_cli import SMALL_JOB
 
 HERE = Path(__file__).parent
-MPIRUN = shutil.which("mpirun")
 pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed")
 
 JOB = SMALL_JOB.replace("end_time_in_seconds: 0.6", "end_time_in_seconds: 0.5").replace(
@@ -33,23 +33,10 @@ smoothing:
 output: out""")
 
 
-def mpirun(n: int, *argv, timeout=180):
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    cmd = [MPIRUN, "-n", str(n), "--oversubscribe", sys.executable, "-m", "mpi4py", *argv]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The small job run by ``fwimpi exec`` on 1, 2, 3 and 4 ranks."""
-    out = {}
-    for n in (1, 2, 3, 4):
-        folder = tmp_path_factory.mktemp(f"np{n}")
-        (folder / "job.yaml").write_text(JOB)
-        proc = mpirun(n, "-m", "fwimpi.cli", "exec", str(folder / "job.yaml"))
-        assert proc.returncode == 0, proc.stderr
-        out[n] = folder / "out"
-    return out
+    return exec_on_ranks(JOB, tmp_path_factory)
 
 
 def read(path: Path, name: str) -> np.ndarray:
