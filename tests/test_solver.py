@@ -74,13 +74,23 @@ def test_unstable_or_invalid_models_are_refused_and_leave_the_solver_unchanged()
     assert np.array_equal(s.forward(EVENT).traces, before)
 
 
-def test_general_kernel_coefficient_replaced_in_place():
+@pytest.mark.parametrize("general", [True, False])
+def test_kernel_coefficient_replaced_in_place(general):
+    """Both 2D kernels keep their (blocked) coefficient buffers and give a fresh operator's
+    products, the fused adjoint kernel's too."""
     rng = np.random.default_rng(3)
     m1, m1_new = rng.uniform(0.5, 2.0, (2, MESH.n_points))
-    u = rng.standard_normal(MESH.n_points)
-    k = AcousticStiffness(MESH.geometry(), MESH.ibool(), m1, general=True)
+    u, v = rng.standard_normal((2, MESH.n_points))
+    k = AcousticStiffness(MESH.geometry(), MESH.ibool(), m1, general=general)
+    assert k.rectangles is not general
     buffers = [id(a) for a in k._args]
     k.set_coefficient(m1_new)
-    fresh = AcousticStiffness(MESH.geometry(), MESH.ibool(), m1_new, general=True)
+    fresh = AcousticStiffness(MESH.geometry(), MESH.ibool(), m1_new, general=general)
     assert [id(a) for a in k._args] == buffers
     assert np.array_equal(k.apply(u), fresh.apply(u))
+    out = [np.zeros(MESH.n_points) for _ in range(2)]
+    acc = [op.gradient_accumulator() for op in (k, fresh)]
+    for op, o, a in zip((k, fresh), out, acc):
+        op.add_with_gradient(v, u, o, a)
+    assert np.array_equal(out[0], out[1]) and np.array_equal(acc[0], acc[1])
+    assert np.allclose(out[0], fresh.apply(v), rtol=0, atol=1e-12 * np.abs(out[0]).max())
