@@ -36,13 +36,14 @@ MAX_TRACE_SAMPLES = 250_000_000
 #: Receivers of observed data match the spec's within this distance (m), by position.
 POSITION_TOLERANCE = 1e-3
 #: Memory (bytes) per local point of a running rank: model, coefficients, fields, operator
-#: (measured on the tutorial mesh, rounded up), and per global point (the mesh's points,
-#: kept on every rank), plus what every rank takes before any array (the imports).
-BYTES_PER_LOCAL_POINT = 400
+#: (measured on the tutorial mesh, rounded up; plus 13 B since the kernel keeps ``m1`` per
+#: element point), and per global point (the mesh's points, kept on every rank), plus what
+#: every rank takes before any array (the imports).
+BYTES_PER_LOCAL_POINT = 413
 #: The same in 3D: a point has twice the element points and three coordinates (measured:
 #: 894 MB peak per rank for 571,000 local points of the 3D example refined 2x, with the
-#: default budget).
-BYTES_PER_LOCAL_POINT_3D = 1000
+#: default budget; plus 16 B for ``m1`` per element point).
+BYTES_PER_LOCAL_POINT_3D = 1016
 BYTES_PER_GLOBAL_POINT = 40
 BASE_BYTES_PER_RANK = 250 * 2**20
 #: Wave speeds (m/s) outside USUAL_VP draw a warning, outside POSSIBLE_VP an error: the
