@@ -9,14 +9,14 @@ order 4); kernels are compiled once per tensor order with the order a compile-ti
 
 3D (hexahedra) has one kernel, for meshes of identical axis-aligned boxes (the structured
 3D mesh): the diagonal metric ``g11, g22, g33 (n, n, n)`` is the same in every element and
-only ``m1`` is read at the points. Cost per element point (``n = N + 1``): ``6n`` flops for
+only ``m1`` is read per element point (from a blocked copy, as in 2D). Cost per element point (``n = N + 1``): ``6n`` flops for
 the three derivatives, 6 for the metric and ``m1``, ``6n`` for the transposed derivatives,
 i.e. ``12n + 6`` (66 at N = 4; 2D rectangles: ``8n + 4``, 44); a mesh point belongs to
 ``((N+1)/N)^3`` element points (1.95 at N = 4; 2D 1.56), so one point update is 129 flops
-in 3D against 69 in 2D. Memory per point update: ``u`` and ``m1`` read (16 B), ``out`` read
-and written (16 B), the int32 point index read twice per element point (15.6 B at N = 4):
-about 48 B (2D: 44 B), if the gathered neighbours stay in cache. Measured rates: see
-``AcousticStiffness``.
+in 3D against 69 in 2D. Memory per point update: ``u`` read (8 B), ``m1`` read per element
+point (15.6 B at N = 4), ``out`` read and written (16 B), the int32 point index read twice
+per element point (15.6 B at N = 4): about 55 B (2D: 49 B), if the gathered neighbours stay
+in cache. Measured rates: see ``AcousticStiffness``.
 """
 
 from functools import lru_cache
